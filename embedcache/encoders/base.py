@@ -1,0 +1,223 @@
+"""The encoder adapter contract.
+
+An adapter wraps one library family (Hugging Face DINOv2, SigLIP, timm Swin, ...). Presets are
+data (:class:`EncoderPreset`); adapters are code. Every adapter obeys the same sealed template:
+
+* :meth:`Preprocessing.prepare` turns one grey image ``(H, W)`` float32 in ``[0, 1]`` into the
+  model's input geometry ``(1, S, S)``, still in ``[0, 1]``. It runs in DataLoader workers.
+* :meth:`Encoder.forward` takes a batch ``(B, 1 | 3, S, S)`` in ``[0, 1]``, repeats grey to three
+  channels, applies the preset's mean/std, and only then calls the adapter's :meth:`Encoder.encode`.
+  Normalisation cannot be forgotten or applied twice by a caller.
+* :meth:`Encoder.encode` returns :class:`Features`: the global vector ``(B, D)`` and the patch grids
+  ``{16: (B, h, w, C), 32: (B, h', w', C')}``, channels-last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, final
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ResizePolicy = Literal["resize", "crop", "pad"]
+Interpolation = Literal["bilinear", "bicubic"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The two nominal grid levels every encoder provides. The actual pixel stride is recorded in
+#: :class:`GridSpec` (a ViT-B/14 has stride 14 at level 16 and 28 at level 32).
+GRID_LEVELS = (16, 32)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Geometry and intensity normalisation of one preset.
+
+    Attributes:
+        input_size: side S of the square model input, pixels.
+        mean, std: per-channel normalisation applied to the ``[0, 1]`` three-channel input.
+        resize: ``resize`` stretches to S x S (aspect not kept); ``crop`` scales the shorter side to
+            S then centre-crops (the DINOv2 processor's policy); ``pad`` pads to a square with black
+            (0) then scales to S.
+        interpolation: kernel for the image resize (always antialiased when shrinking).
+    """
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: ResizePolicy = "resize"
+    interpolation: Interpolation = "bicubic"
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """Resize one grey image to the model input.
+
+        Args:
+            image: ``(H, W)`` float32 in ``[0, 1]``, bright = dense.
+
+        Returns:
+            ``(1, S, S)`` float32 tensor, still in ``[0, 1]`` up to interpolation overshoot
+            (not clamped, as the model libraries' own processors do not clamp either).
+        """
+        if image.ndim != 2:
+            raise ValueError(f"expected a grey (H, W) image, got shape {image.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        size = self.input_size
+        h, w = x.shape[-2:]
+        if self.resize == "pad":
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            x = F.pad(x, (left, side - w - left, top, side - h - top), value=0.0)
+            target = (size, size)
+        elif self.resize == "crop":
+            scale = size / min(h, w)
+            target = (max(size, round(h * scale)), max(size, round(w * scale)))
+        else:
+            target = (size, size)
+        if tuple(x.shape[-2:]) != target:
+            x = F.interpolate(
+                x, size=target, mode=self.interpolation, align_corners=False, antialias=True
+            )
+        if self.resize == "crop":
+            th, tw = x.shape[-2:]
+            top, left = (th - size) // 2, (tw - size) // 2
+            x = x[..., top : top + size, left : left + size]
+        return x[0].contiguous()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """One patch grid: its actual pixel stride and its channels-last shape ``(h, w, C)``."""
+
+    stride: int
+    shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Features:
+    """Outputs of one forward pass.
+
+    Attributes:
+        embedding: global vector per image, ``(B, D)``.
+        grids: ``{16: (B, h, w, C), 32: (B, h', w', C')}``, channels-last.
+    """
+
+    embedding: torch.Tensor
+    grids: Mapping[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """A named encoder: which adapter family builds it, from which weights, fed how.
+
+    Attributes:
+        name: registry name (``rad-dino``).
+        family: adapter family key in the registry (``hf-dinov2``).
+        source: default weights: a Hugging Face hub id, or a description for checkpoint files.
+        preprocessing: input geometry and normalisation (the reference study's by default).
+        arch: keyword arguments that build the architecture offline (``--weights none``), e.g. a
+            transformers config's fields. Never downloaded.
+        description, license: shown by ``embedcache encoders`` and the docs.
+        options: family-specific switches (which output is the global vector, ...).
+    """
+
+    name: str
+    family: str
+    source: str
+    preprocessing: Preprocessing
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    license: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Encoder(nn.Module, ABC):
+    """Base class of all adapters. Subclasses implement :meth:`encode` and set the attributes.
+
+    Attributes set by subclasses in ``__init__``:
+        preset: the :class:`EncoderPreset` (or an ad-hoc one for ``hf:`` specs).
+        global_dim: D of the global vector.
+        grid_specs: ``{16: GridSpec, 32: GridSpec}``.
+        weights_id: JSON-able identity of the weights: hub id and commit, local folder and the
+            digest of its weight files, or ``{"random_init": seed}``. Part of the store key.
+    """
+
+    #: Bump when an adapter change alters its numbers: old store groups then stop matching.
+    adapter_version: ClassVar[str] = "1"
+
+    preset: EncoderPreset
+    global_dim: int
+    grid_specs: dict[int, GridSpec]
+    weights_id: dict[str, Any]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.preset.preprocessing
+
+    @final
+    def forward(self, pixels: torch.Tensor) -> Features:
+        """Normalise and encode a batch.
+
+        Args:
+            pixels: ``(B, 1, S, S)`` or ``(B, 3, S, S)`` float in ``[0, 1]`` (from
+                :meth:`Preprocessing.prepare`).
+
+        Returns:
+            :class:`Features` with channels-last grids.
+        """
+        if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
+            raise ValueError(f"expected pixels (B, 1|3, S, S), got {tuple(pixels.shape)}")
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        pp = self.preprocessing
+        mean = torch.tensor(pp.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(pp.std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        return self.encode((pixels - mean) / std)
+
+    @abstractmethod
+    def encode(self, pixels: torch.Tensor) -> Features:
+        """Model-specific part: normalised ``(B, 3, S, S)`` in, :class:`Features` out."""
+
+    def key_material(self) -> dict[str, Any]:
+        """Everything that changes the numbers this encoder produces (hashed into the store key)."""
+        return {
+            "preset": self.preset.name,
+            "family": self.preset.family,
+            "adapter": f"{type(self).__module__}.{type(self).__qualname__}",
+            "adapter_version": self.adapter_version,
+            "weights": self.weights_id,
+            "preprocessing": self.preprocessing.to_dict(),
+            "options": dict(self.preset.options),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance and shapes, JSON-able (written to the store's attributes)."""
+        return {
+            **self.key_material(),
+            "source": self.preset.source,
+            "global_dim": self.global_dim,
+            "grids": {
+                str(level): {"stride": g.stride, "shape": list(g.shape)}
+                for level, g in self.grid_specs.items()
+            },
+            "parameters": sum(p.numel() for p in self.parameters()),
+        }
+
+
+def pool_grid(grid: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Average-pool a channels-last grid ``(B, h, w, C)`` by ``factor`` -> ``(B, h//f, w//f, C)``.
+
+    Used for the stride-32 level of plain ViTs (a 2x2 pool of the token grid). An odd side drops
+    its last row/column, as ``avg_pool2d`` does (37x37 -> 18x18).
+    """
+    pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=factor, stride=factor)
+    return pooled.permute(0, 2, 3, 1).contiguous()

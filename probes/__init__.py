@@ -1,0 +1,1 @@
+"""probes: fast probes on an embedcache store (classification and segmentation)."""
