@@ -44,9 +44,12 @@ class Preprocessing:
         input_size: side S of the square model input, pixels.
         mean, std: per-channel normalisation applied to the ``[0, 1]`` three-channel input.
         resize: ``resize`` stretches to S x S (aspect not kept); ``crop`` scales the shorter side to
-            S then centre-crops (the DINOv2 processor's policy); ``pad`` pads to a square with black
-            (0) then scales to S.
+            ``resize_to`` (default S) then centre-crops S x S (the DINOv2/BiT processor's policy);
+            ``pad`` pads to a square with black (0) then scales to S.
         interpolation: kernel for the image resize (always antialiased when shrinking).
+        resize_to: ``crop`` only: the shorter side before the centre crop, pixels. ``None`` means S.
+            The Hugging Face DINOv2 processor resizes to 256 then crops 224, which cuts a border
+            off a square chest X-ray; ``resize_to=256`` reproduces that exactly.
     """
 
     input_size: int
@@ -54,6 +57,20 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: ResizePolicy = "resize"
     interpolation: Interpolation = "bicubic"
+    resize_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if self.resize_to is not None:
+            if self.resize != "crop":
+                raise ValueError(
+                    f"resize_to applies to the 'crop' policy only, not {self.resize!r}"
+                )
+            if self.resize_to < self.input_size:
+                raise ValueError(
+                    f"resize_to ({self.resize_to}) must be at least input_size ({self.input_size})"
+                )
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """Resize one grey image to the model input.
@@ -76,8 +93,13 @@ class Preprocessing:
             x = F.pad(x, (left, side - w - left, top, side - h - top), value=0.0)
             target = (size, size)
         elif self.resize == "crop":
-            scale = size / min(h, w)
-            target = (max(size, round(h * scale)), max(size, round(w * scale)))
+            # Shorter side to `short`, longer side truncated as Hugging Face processors do
+            # (`int(short * long / short_side)`), so the crop window matches theirs.
+            short = self.resize_to or size
+            if h <= w:
+                target = (short, max(short, int(short * w / h)))
+            else:
+                target = (max(short, int(short * h / w)), short)
         else:
             target = (size, size)
         if tuple(x.shape[-2:]) != target:

@@ -1,0 +1,19 @@
+"""The embedding store: zarr v3 (default) or HDF5, one group per encoder key."""
+
+from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
+from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key
+from embedcache.store.lock import GroupLock, StoreLockedError
+from embedcache.store.reader import RowReader
+
+__all__ = [
+    "EmbeddingStore",
+    "GroupLayout",
+    "GroupLock",
+    "RowReader",
+    "StoreGroup",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StoreOverflowError",
+    "encoder_key",
+    "open_store",
+]

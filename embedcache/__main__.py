@@ -1,0 +1,5 @@
+import sys
+
+from embedcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,163 @@
+"""``embedcache``: a thin command line over :mod:`embedcache.extract` and :mod:`embedcache.store`.
+
+Errors users can fix (bad manifest rows, unreadable images, locked or mismatched groups) print
+one clear line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, STORE_DTYPES
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="run one encoder over a cohort into a store")
+    p.add_argument("manifest", help="manifest CSV/Parquet: image_id, path, patient_id, ...")
+    p.add_argument("--encoder", required=True, help="preset name (see `embedcache encoders`) or hf:<hub-id-or-dir>")
+    p.add_argument("--out", required=True, help="store: a zarr folder, or a .h5 file")
+    p.add_argument("--weights", help="hub id, local folder, or 'none' (random init; numbers mean nothing)")
+    p.add_argument("--root", help="folder that relative image paths start from (default: the manifest's)")
+    p.add_argument("--format", choices=("zarr", "hdf5"), help="store format (default: from --out)")
+    p.add_argument("--dtype", choices=STORE_DTYPES, default="float16")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, help="decode workers (default: cores - 1, at most 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--skip-bad", action="store_true", help="record unreadable images and go on")
+    p.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD)
+    p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    p.add_argument("--break-lock", action="store_true", help="clear another process's writer lock")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from embedcache.extract import extract
+
+    result = extract(
+        args.manifest, args.encoder, args.out,
+        weights=args.weights, root=args.root, fmt=args.format, dtype=args.dtype,
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device,
+        precision=args.precision, skip_bad=args.skip_bad, rows_per_shard=args.rows_per_shard,
+        break_lock=args.break_lock, trust_remote_code=args.trust_remote_code, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{result.key}: {result.written} written, {result.skipped} skipped, "
+        f"{result.already_done} already done, of {result.n_rows} "
+        f"({result.images_per_s:.1f} images/s) -> {result.store}"
+    )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from embedcache.store import open_store
+    from embedcache.store.verify import store_summary
+
+    with open_store(args.store) as store:
+        summary = store_summary(store)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"{summary['path']} ({summary['format']}), {len(summary['groups'])} encoder group(s)")
+    for g in summary["groups"]:
+        grids = ", ".join(
+            f"{name} {'x'.join(map(str, s['shape'][1:]))} (stride {s['stride']})"
+            for name, s in g["grids"].items()
+        )
+        print(f"  {g['key']}: {g['preset']} [{g['weights']}]")
+        print(f"    rows {g['done']}/{g['rows']} done, {g['skipped']} skipped; {g['dtype']}, "
+              f"{g['bytes_per_image'] / 1e6:.2f} MB/image")
+        print(f"    global {g['global'][1]}; {grids}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from embedcache.store import open_store
+    from embedcache.store.verify import verify_group
+
+    ok = True
+    with open_store(args.store) as store:
+        keys = [args.key] if args.key else store.keys()
+        reports = [verify_group(store.group(k)) for k in keys]
+    for r in reports:
+        ok &= r.ok
+        status = "ok" if r.ok else "FAILED"
+        print(f"{r.key}: {status}: {r.done}/{r.rows} done, {r.skipped} skipped")
+        for problem in r.problems:
+            print(f"  - {problem}")
+    return 0 if ok else 1
+
+
+def _cmd_encoders(args: argparse.Namespace) -> int:
+    from embedcache.encoders.registry import list_presets
+
+    rows = [("name", "family", "source", "input", "resize")]
+    for p in list_presets():
+        pp = p.preprocessing
+        rows.append((p.name, p.family, p.source, str(pp.input_size), pp.resize))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print("\nalso: hf:<hub-id-or-local-dir> for ViT-like Hugging Face vision models")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from embedcache.demo import run_demo
+
+    run_demo(args.out, n_patients=args.patients, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedcache", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_extract(sub)
+    p = sub.add_parser("info", help="what a store holds")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("verify", help="check done counts, NaN/inf and keys")
+    p.add_argument("store")
+    p.add_argument("--key", help="one encoder group (default: all)")
+    sub.add_parser("encoders", help="list encoder presets")
+    p = sub.add_parser("demo", help="offline demo on a synthetic cohort")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--patients", type=int, default=24)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+_COMMANDS = {
+    "extract": _cmd_extract,
+    "info": _cmd_info,
+    "verify": _cmd_verify,
+    "encoders": _cmd_encoders,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from embedcache.intake.images import ImageReadError
+    from embedcache.intake.manifest import ManifestError
+    from embedcache.store import StoreLockedError, StoreMismatchError, StoreOverflowError
+
+    args = build_parser().parse_args(argv)
+    user_errors = (
+        ImageReadError, ManifestError, StoreLockedError, StoreMismatchError,
+        StoreOverflowError, FileNotFoundError, KeyError,
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except user_errors as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"embedcache {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The adapter for plain (single-scale) Hugging Face ViTs: DINOv2, SigLIP, CLIP, ViT, DeiT, ...
+
+All of them return ``last_hidden_state`` = ``[prefix tokens..., patch tokens...]``, where the prefix
+is the CLS token, distillation or register tokens, or nothing (SigLIP). The prefix length is
+measured once (one tiny forward pass at build time) as ``seq_len - (S/p)^2``, so no model needs its
+own token bookkeeping, and it is checked again on every batch.
+
+Grids: level 16 is the token grid (stride = the patch size, e.g. 14), level 32 its 2x2 average pool
+(stride 2p). The global vector is, per the preset's ``options["global"]``:
+
+* ``pooler``: the model's ``pooler_output`` (DINOv2: the layer-normed CLS; SigLIP: the attention
+  pooling head; CLIP: the post-layernormed CLS);
+* ``cls``: the first token of ``last_hidden_state``;
+* ``mean``: the mean of the patch tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from embedcache.encoders.base import Encoder, EncoderPreset, Features, GridSpec, pool_grid
+
+GlobalSource = Literal["pooler", "cls", "mean"]
+GLOBAL_SOURCES: tuple[str, ...] = ("pooler", "cls", "mean")
+
+
+def forward_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Extra forward arguments: ask models that can interpolate position embeddings to do so
+    (SigLIP, CLIP, ViT refuse other input sizes otherwise; DINOv2 always interpolates)."""
+    params = inspect.signature(model.forward).parameters
+    return {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in params else {}
+
+
+def patch_size_of(config: Any) -> int:
+    """The square patch side of a ViT config."""
+    p = config.patch_size
+    if isinstance(p, list | tuple):
+        if len(set(p)) != 1:
+            raise ValueError(f"non-square patches {p} are not supported")
+        p = p[0]
+    return int(p)
+
+
+def probe_tokens(model: nn.Module, patch: int) -> tuple[int, int | None]:
+    """One forward pass on a 2x2-patch input: ``(prefix token count, pooler_output dim or None)``."""
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, 2 * patch, 2 * patch, device=param.device, dtype=param.dtype)
+    with torch.inference_mode():
+        out = model(pixel_values=x, **forward_kwargs(model))
+    prefix = out.last_hidden_state.shape[1] - 4
+    pooled = getattr(out, "pooler_output", None)
+    return prefix, (None if pooled is None else int(pooled[0].numel()))
+
+
+class HFViTEncoder(Encoder):
+    """A Hugging Face ViT-like vision model behind the adapter contract.
+
+    Args:
+        preset: the preset; ``options["global"]`` picks the global vector (see module doc).
+        model: the transformers model (``Dinov2Model``, ``SiglipVisionModel``, ...).
+        weights_id: identity of the weights (see :mod:`embedcache.encoders.hf_loading`).
+        expected_prefix: if given, the prefix token count the family knows it must have (1 + the
+            registers for DINOv2); a different measured count is an error, not a silent shift.
+    """
+
+    adapter_version = "1"
+
+    def __init__(
+        self,
+        preset: EncoderPreset,
+        model: nn.Module,
+        weights_id: dict[str, Any],
+        *,
+        expected_prefix: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        self.model = model.eval()
+        self.weights_id = weights_id
+        self.global_source: str = preset.options.get("global", "pooler")
+        if self.global_source not in GLOBAL_SOURCES:
+            raise ValueError(f"options['global'] must be one of {GLOBAL_SOURCES}")
+        self.patch_size = patch_size_of(model.config)
+        self._forward_kwargs = forward_kwargs(model)
+
+        self.prefix_tokens, pooler_dim = probe_tokens(model, self.patch_size)
+        if expected_prefix is not None and self.prefix_tokens != expected_prefix:
+            raise RuntimeError(
+                f"{type(model).__name__} returned {self.prefix_tokens} non-patch tokens, "
+                f"expected {expected_prefix}"
+            )
+        if self.prefix_tokens < 0:
+            raise RuntimeError(f"{type(model).__name__} returned fewer tokens than patches")
+        if self.global_source == "pooler" and pooler_dim is None:
+            raise ValueError(f"{type(model).__name__} has no pooler_output; use 'cls' or 'mean'")
+        if self.global_source == "cls" and self.prefix_tokens == 0:
+            raise ValueError(f"{type(model).__name__} has no CLS token; use 'pooler' or 'mean'")
+
+        channels = int(model.config.hidden_size)
+        side = preset.preprocessing.input_size // self.patch_size
+        if side < 2:
+            raise ValueError(
+                f"input size {preset.preprocessing.input_size} gives fewer than 2x2 patches of "
+                f"{self.patch_size} px"
+            )
+        self.global_dim = pooler_dim if self.global_source == "pooler" else channels
+        self.grid_specs = {
+            16: GridSpec(self.patch_size, (side, side, channels)),
+            32: GridSpec(2 * self.patch_size, (side // 2, side // 2, channels)),
+        }
+
+    def encode(self, pixels: torch.Tensor) -> Features:
+        """Normalised ``(B, 3, S, S)`` -> global ``(B, D)``, grids ``(B, S/p, S/p, C)`` and its
+        2x2 pool, float32, channels-last."""
+        batch, _, height, width = pixels.shape
+        h, w = height // self.patch_size, width // self.patch_size
+        out = self.model(pixel_values=pixels, **self._forward_kwargs)
+        tokens = out.last_hidden_state
+        prefix = tokens.shape[1] - h * w
+        if prefix != self.prefix_tokens:
+            raise RuntimeError(
+                f"expected {self.prefix_tokens} prefix tokens before the {h}x{w} patch tokens, "
+                f"got {prefix} (sequence length {tokens.shape[1]})"
+            )
+        patches = tokens[:, prefix:]
+        grid16 = patches.reshape(batch, h, w, tokens.shape[-1]).float().contiguous()
+        if self.global_source == "pooler":
+            embedding = out.pooler_output.reshape(batch, -1)
+        elif self.global_source == "cls":
+            embedding = tokens[:, 0]
+        else:
+            embedding = patches.mean(dim=1)
+        return Features(
+            embedding=embedding.float().contiguous(),
+            grids={16: grid16, 32: pool_grid(grid16)},
+        )

@@ -1,0 +1,194 @@
+"""Public store API: open a store, list its encoder groups, read or write one group.
+
+``open_store(path)`` is all a notebook needs::
+
+    store = open_store("cohort.zarr")
+    group = store.group(store.keys()[0])
+    group.array("grid16")          # a plain zarr.Array / h5py.Dataset
+    group.read_rows("grid16", [3, 17, 42])   # (3, h, w, C), fast random access
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedcache.store.backends import detect_format, open_backend
+from embedcache.store.layout import (
+    DONE,
+    FEATURE_ARRAYS,
+    SKIPPED,
+    GroupLayout,
+    check_fits,
+)
+from embedcache.store.reader import RowReader
+
+
+class StoreMismatchError(ValueError):
+    """The existing group was made from other inputs than this run's."""
+
+
+class StoreGroup:
+    """One encoder group of a store.
+
+    Attributes:
+        key: group name (the encoder key).
+        node: the underlying ``zarr.Group`` / ``h5py.Group``.
+        layout: shapes and dtype (:class:`GroupLayout`).
+    """
+
+    def __init__(self, backend: Any, key: str):
+        self._backend = backend
+        self.key = key
+        self.node = backend.group(key)
+        self.layout = GroupLayout.from_attrs(self.attrs["layout"])
+        self._readers: dict[str, RowReader] = {}
+        self._arrays: dict[str, Any] = {}
+        self._ids: np.ndarray | None = None
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Provenance and layout attributes (a copy)."""
+        return self._backend.get_attrs(self.node)
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        self._backend.set_attrs(self.node, attrs)
+
+    def array(self, name: str) -> Any:
+        """The plain ``zarr.Array`` / ``h5py.Dataset`` called ``name``."""
+        if name not in self._arrays:
+            self._arrays[name] = self.node[name]
+        return self._arrays[name]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Image ids ``(N,)`` in manifest order."""
+        if self._ids is None:
+            self._ids = self._backend.read_ids(self.node)
+        return self._ids
+
+    @property
+    def done(self) -> np.ndarray:
+        """``(N,)`` bool: rows durably written or recorded as skipped."""
+        return np.asarray(self.array(DONE)[:], dtype=bool)
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """``(N,)`` bool: rows recorded as unreadable (``--skip-bad``)."""
+        return np.asarray(self.array(SKIPPED)[:], dtype=bool)
+
+    def skip_reasons(self) -> dict[str, str]:
+        """``{image_id: reason}`` for every skipped row."""
+        return dict(self.attrs.get("skip_reasons", {}))
+
+    def read_rows(self, name: str, rows: Any) -> np.ndarray:
+        """Rows of one feature array, any order, as ``(len(rows), ...)``."""
+        if name not in self._readers:
+            self._readers[name] = RowReader(self.array(name))
+        return self._readers[name].read(rows)
+
+    # -- writing (used by the extractor; one writer per group, see store.lock) --
+
+    def write_rows(self, start: int, features: dict[str, np.ndarray]) -> None:
+        """Write consecutive rows ``start .. start + n`` of every feature array.
+
+        Args:
+            start: first row.
+            features: ``{"global": (n, D), "grid16": (n, h, w, C), "grid32": ...}``, either in
+                the store dtype already or float32 (then checked with :func:`check_fits` and
+                cast).
+        """
+        cast = {}
+        for name in FEATURE_ARRAYS:
+            values = features[name]
+            if values.dtype != np.dtype(self.layout.dtype):
+                check_fits(values, self.layout.dtype, f"{self.key}/{name} from row {start}")
+                values = values.astype(self.layout.dtype)
+            cast[name] = values
+        if len({len(v) for v in cast.values()}) != 1:
+            raise ValueError("feature arrays of one write must have the same row count")
+        for name, values in cast.items():
+            self.array(name)[start : start + len(values)] = values
+
+    def mark_done(self, rows: np.ndarray) -> None:
+        """Set ``done`` for ``rows`` (after their features were written)."""
+        self._set_flags(DONE, rows)
+
+    def mark_skipped(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
+        """Record unreadable rows: ``skipped`` and ``done`` flags and ``{image_id: reason}``."""
+        if len(rows) == 0:
+            return
+        merged = {**self.skip_reasons(), **reasons}
+        self.update_attrs({"skip_reasons": merged})
+        self._set_flags(SKIPPED, rows)
+        self._set_flags(DONE, rows)
+
+    def _set_flags(self, name: str, rows: np.ndarray) -> None:
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        flags = np.asarray(self.array(name)[lo:hi], dtype=bool)
+        flags[rows - lo] = True
+        self.array(name)[lo:hi] = flags
+        self._backend.flush()
+
+
+class EmbeddingStore:
+    """A store file/folder holding one group per encoder key.
+
+    Use :func:`open_store`. Closing matters for HDF5 only; the object is a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r", fmt: str | None = None):
+        self.path = Path(path)
+        self.mode = mode
+        self._backend = open_backend(path, mode, fmt)
+        self.format = self._backend.name
+
+    def keys(self) -> list[str]:
+        """Encoder group keys in the store."""
+        return self._backend.keys()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def group(self, key: str) -> StoreGroup:
+        if key not in self.keys():
+            known = ", ".join(self.keys()) or "(none)"
+            raise KeyError(f"no encoder group {key!r} in {self.path}; groups: {known}")
+        return StoreGroup(self._backend, key)
+
+    def create_group(
+        self, key: str, layout: GroupLayout, ids: np.ndarray, attrs: dict[str, Any]
+    ) -> StoreGroup:
+        """Create an empty group (all rows not done) with its provenance attributes."""
+        node = self._backend.create_group(key, layout, ids)
+        self._backend.set_attrs(
+            node, {**attrs, "layout": layout.to_attrs(), "created": time.time()}
+        )
+        self._backend.flush()
+        return StoreGroup(self._backend, key)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(path: str | os.PathLike, mode: str = "r", fmt: str | None = None) -> EmbeddingStore:
+    """Open a store for reading (``mode="r"``) or appending (``"a"``, created if missing).
+
+    Args:
+        path: a zarr folder (default format) or an HDF5 file (``.h5``/``.hdf5``).
+        fmt: ``zarr`` or ``hdf5``; detected from the path when omitted.
+    """
+    return EmbeddingStore(path, mode, fmt or detect_format(path))

@@ -1,0 +1,133 @@
+"""Store layout: array names, the encoder key, and shapes of one encoder group.
+
+One store holds one group per encoder key::
+
+    <store>/                      attrs: format, format_version
+      <encoder key>/              attrs: encoder provenance, preprocessing, library versions,
+                                  manifest digest, dtype, grid specs, created
+        ids      (N,)             image ids, manifest order (strings)
+        global   (N, D)
+        grid16   (N, h, w, C)     one image per inner chunk, ``rows_per_shard`` images per shard
+        grid32   (N, h', w', C')
+        done     (N,)             True once the row is durably written (or recorded as skipped)
+        skipped  (N,)             True for rows recorded as unreadable under ``--skip-bad``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMAT = "embedcache-store"
+FORMAT_VERSION = 1
+
+IDS, GLOBAL, DONE, SKIPPED = "ids", "global", "done", "skipped"
+GRID_ARRAYS = {16: "grid16", 32: "grid32"}
+FEATURE_ARRAYS = (GLOBAL, *GRID_ARRAYS.values())
+
+#: Storage dtypes a user may choose. float16 halves the store; values outside its range are
+#: refused (never written as inf): see :func:`check_fits`.
+STORE_DTYPES = ("float16", "float32")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+DEFAULT_ROWS_PER_SHARD = 64
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) for hashing."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def encoder_key(preset_name: str, material: dict[str, Any]) -> str:
+    """Readable, collision-resistant group name: ``<preset>-<12 hex of sha256(material)>``.
+
+    ``material`` holds everything that changes the stored numbers (weights identity,
+    preprocessing, adapter version, compute precision, storage dtype).
+    """
+    digest = hashlib.sha256(canonical_json(material).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", preset_name).strip("_") or "encoder"
+    return f"{name}-{digest}"
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """Shapes of one encoder group.
+
+    Attributes:
+        n_rows: N, images in the manifest.
+        global_dim: D.
+        grid_shapes: ``{16: (h, w, C), 32: (h', w', C')}``.
+        dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
+        rows_per_shard: images per shard file (and per write); also the chunk length of the
+            1-D arrays.
+    """
+
+    n_rows: int
+    global_dim: int
+    grid_shapes: dict[int, tuple[int, int, int]]
+    dtype: str = "float16"
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
+        if self.rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be at least 1")
+
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Full array shape of each feature array, by name."""
+        shapes: dict[str, tuple[int, ...]] = {GLOBAL: (self.n_rows, self.global_dim)}
+        for level, name in GRID_ARRAYS.items():
+            shapes[name] = (self.n_rows, *self.grid_shapes[level])
+        return shapes
+
+    def bytes_per_row(self) -> int:
+        itemsize = np.dtype(self.dtype).itemsize
+        return sum(int(np.prod(s[1:])) * itemsize for s in self.feature_shapes().values())
+
+    def to_attrs(self) -> dict[str, Any]:
+        return {
+            "n_rows": self.n_rows,
+            "global_dim": self.global_dim,
+            "grid_shapes": {str(k): list(v) for k, v in self.grid_shapes.items()},
+            "dtype": self.dtype,
+            "rows_per_shard": self.rows_per_shard,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> GroupLayout:
+        return cls(
+            n_rows=int(attrs["n_rows"]),
+            global_dim=int(attrs["global_dim"]),
+            grid_shapes={int(k): tuple(v) for k, v in attrs["grid_shapes"].items()},
+            dtype=attrs["dtype"],
+            rows_per_shard=int(attrs["rows_per_shard"]),
+        )
+
+
+class StoreOverflowError(ValueError):
+    """A value does not fit the store's dtype (it would become inf)."""
+
+
+def check_fits(values: np.ndarray, dtype: str, what: str) -> None:
+    """Refuse finite values that the storage dtype would turn into inf.
+
+    Args:
+        values: float32 array about to be cast to ``dtype``.
+        dtype: storage dtype.
+        what: description for the message (array name and image ids).
+    """
+    if dtype != "float16" or values.size == 0:
+        return
+    finite = np.isfinite(values)
+    peak = float(np.abs(np.where(finite, values, 0)).max())
+    if peak > FLOAT16_MAX:
+        raise StoreOverflowError(
+            f"{what}: value {peak:.4g} exceeds the float16 range (max {FLOAT16_MAX:.0f}) and "
+            "would be stored as inf; re-extract into a new group with --dtype float32"
+        )
