@@ -106,7 +106,7 @@ def _check_manifest(group: StoreGroup, manifest: Manifest) -> None:
     else:
         diff = np.flatnonzero(ids != now)
         what = (
-            f"row {diff[0] + 1}: image_id {ids[diff[0]]!r} there, {now[diff[0]]!r} here"
+            f"row {diff[0] + 1}: image_id {str(ids[diff[0]])!r} there, {str(now[diff[0]])!r} here"
             if len(diff)
             else "the same ids but different image paths"
         )
