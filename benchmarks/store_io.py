@@ -83,8 +83,10 @@ def main() -> None:
     layout = GroupLayout(n, ch, {16: (side, side, ch), 32: (half, half, ch)}, "float16", rps)
     total = layout.bytes_per_row() * n
     work = Path(tempfile.mkdtemp(prefix="embedcache-bench-"))
-    print(f"{n} images, grid16 {side}x{side}x{ch} fp16, {layout.bytes_per_row() / 1e6:.2f} MB "
-          f"per image (all arrays), shards of {rps}")
+    print(
+        f"{n} images, grid16 {side}x{side}x{ch} fp16, {layout.bytes_per_row() / 1e6:.2f} MB "
+        f"per image (all arrays), shards of {rps}"
+    )
     times: dict[str, list[float]] = {"memmap": [], "zarr": [], "hdf5": []}
     try:
         for _ in range(args.repeats):
@@ -105,23 +107,31 @@ def main() -> None:
         rows = np.sort(rng.choice(n, 64, replace=False))
         t_read_mm = _best(lambda: np.stack([mm[r] for r in rows]))
         t_mm = min(times["memmap"])
-        print(f"memmap  write {total / t_mm / 1e6:6.0f} MB/s                    "
-              f"64 random grid16 rows {t_read_mm * 1e3:5.1f} ms")
+        print(
+            f"memmap  write {total / t_mm / 1e6:6.0f} MB/s                    "
+            f"64 random grid16 rows {t_read_mm * 1e3:5.1f} ms"
+        )
         for fmt in ("zarr", "hdf5"):
             _, store, group = write_store(work / f"s.{fmt}", fmt, layout, block)
             t_read = _best(lambda g=group: g.read_rows("grid16", rows))
             t_w = min(times[fmt])
-            print(f"{fmt:<7} write {total / t_w / 1e6:6.0f} MB/s ({t_mm / t_w:.2f}x memmap)   "
-                  f"64 random grid16 rows {t_read * 1e3:5.1f} ms ({t_read / t_read_mm:.2f}x "
-                  f"memmap)   {_du(work / f's.{fmt}') / n / 1e6:.3f} MB/image on disk")
+            print(
+                f"{fmt:<7} write {total / t_w / 1e6:6.0f} MB/s ({t_mm / t_w:.2f}x memmap)   "
+                f"64 random grid16 rows {t_read * 1e3:5.1f} ms ({t_read / t_read_mm:.2f}x "
+                f"memmap)   {_du(work / f's.{fmt}') / n / 1e6:.3f} MB/image on disk"
+            )
             if fmt == "zarr":
                 arr = group.array("grid16")
                 t_plain = _best(lambda a=arr: np.stack([a[int(r)] for r in rows]), repeats=2)
-                print(f"        plain zarr row-by-row read: {t_plain * 1e3:.1f} ms "
-                      f"({t_plain / t_read_mm:.2f}x memmap), what RowReader avoids")
+                print(
+                    f"        plain zarr row-by-row read: {t_plain * 1e3:.1f} ms "
+                    f"({t_plain / t_read_mm:.2f}x memmap), what RowReader avoids"
+                )
             store.close()
-        print(f"write times (s) per repeat: " + "; ".join(
-            f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
+        print(
+            "write times (s) per repeat: "
+            + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items())
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -17,10 +17,18 @@ from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, STORE_DTYPES
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="run one encoder over a cohort into a store")
     p.add_argument("manifest", help="manifest CSV/Parquet: image_id, path, patient_id, ...")
-    p.add_argument("--encoder", required=True, help="preset name (see `embedcache encoders`) or hf:<hub-id-or-dir>")
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="preset name (see `embedcache encoders`) or hf:<hub-id-or-dir>",
+    )
     p.add_argument("--out", required=True, help="store: a zarr folder, or a .h5 file")
-    p.add_argument("--weights", help="hub id, local folder, or 'none' (random init; numbers mean nothing)")
-    p.add_argument("--root", help="folder that relative image paths start from (default: the manifest's)")
+    p.add_argument(
+        "--weights", help="hub id, local folder, or 'none' (random init; numbers mean nothing)"
+    )
+    p.add_argument(
+        "--root", help="folder that relative image paths start from (default: the manifest's)"
+    )
     p.add_argument("--format", choices=("zarr", "hdf5"), help="store format (default: from --out)")
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float16")
     p.add_argument("--batch-size", type=int, default=16)
@@ -30,7 +38,9 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true", help="record unreadable images and go on")
     p.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD)
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a hub model's own code to run"
+    )
     p.add_argument("--break-lock", action="store_true", help="clear another process's writer lock")
     p.add_argument("--no-progress", action="store_true")
 
@@ -39,11 +49,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from embedcache.extract import extract
 
     result = extract(
-        args.manifest, args.encoder, args.out,
-        weights=args.weights, root=args.root, fmt=args.format, dtype=args.dtype,
-        batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-        precision=args.precision, skip_bad=args.skip_bad, rows_per_shard=args.rows_per_shard,
-        break_lock=args.break_lock, trust_remote_code=args.trust_remote_code, seed=args.seed,
+        args.manifest,
+        args.encoder,
+        args.out,
+        weights=args.weights,
+        root=args.root,
+        fmt=args.format,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        skip_bad=args.skip_bad,
+        rows_per_shard=args.rows_per_shard,
+        break_lock=args.break_lock,
+        trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
         progress=not args.no_progress,
     )
     print(
@@ -70,8 +91,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
             for name, s in g["grids"].items()
         )
         print(f"  {g['key']}: {g['preset']} [{g['weights']}]")
-        print(f"    rows {g['done']}/{g['rows']} done, {g['skipped']} skipped; {g['dtype']}, "
-              f"{g['bytes_per_image'] / 1e6:.2f} MB/image")
+        print(
+            f"    rows {g['done']}/{g['rows']} done, {g['skipped']} skipped; {g['dtype']}, "
+            f"{g['bytes_per_image'] / 1e6:.2f} MB/image"
+        )
         print(f"    global {g['global'][1]}; {grids}")
     return 0
 
@@ -148,8 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     user_errors = (
-        ImageReadError, ManifestError, StoreLockedError, StoreMismatchError,
-        StoreOverflowError, FileNotFoundError, KeyError,
+        ImageReadError,
+        ManifestError,
+        StoreLockedError,
+        StoreMismatchError,
+        StoreOverflowError,
+        FileNotFoundError,
+        KeyError,
     )
     try:
         return _COMMANDS[args.command](args)

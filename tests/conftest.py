@@ -13,14 +13,22 @@ import pytest
 import torch
 
 TINY_DINOV2 = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    patch_size=14, image_size=56,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    patch_size=14,
+    image_size=56,
 )
 TINY_PROCESSOR = {
     "image_processor_type": "BitImageProcessor",
-    "do_resize": True, "size": {"shortest_edge": 56},
-    "do_center_crop": True, "crop_size": {"height": 56, "width": 56},
-    "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
+    "do_resize": True,
+    "size": {"shortest_edge": 56},
+    "do_center_crop": True,
+    "crop_size": {"height": 56, "width": 56},
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.25, 0.25, 0.25],
     "resample": 3,
 }
 

@@ -58,7 +58,9 @@ def test_extraction_matches_a_direct_forward_pass(phantom_manifest, tiny_encoder
 
     encoder = build_encoder(tiny_encoder_spec)
     rows = [0, 7, len(manifest) - 1]
-    pixels = torch.stack([encoder.preprocessing.prepare(read_image(manifest.paths[r])) for r in rows])
+    pixels = torch.stack(
+        [encoder.preprocessing.prepare(read_image(manifest.paths[r])) for r in rows]
+    )
     with torch.inference_mode():
         feats = encoder(pixels)
     expected = {"global": feats.embedding, "grid16": feats.grids[16], "grid32": feats.grids[32]}
@@ -156,8 +158,19 @@ def test_float16_overflow_stops_with_advice(phantom_manifest, tiny_encoder_dir, 
 
 def test_cli_extract_info_verify(phantom_manifest, tiny_encoder_spec, tmp_path, capsys):
     out = str(tmp_path / "s.zarr")
-    args = ["extract", str(phantom_manifest), "--encoder", tiny_encoder_spec, "--out", out,
-            "--no-progress", "--workers", "0", "--rows-per-shard", "8"]
+    args = [
+        "extract",
+        str(phantom_manifest),
+        "--encoder",
+        tiny_encoder_spec,
+        "--out",
+        out,
+        "--no-progress",
+        "--workers",
+        "0",
+        "--rows-per-shard",
+        "8",
+    ]
     assert cli_main(args) == 0
     assert "21 written" in capsys.readouterr().out
     assert cli_main(["info", out, "--json"]) == 0
@@ -172,8 +185,18 @@ def test_cli_extract_info_verify(phantom_manifest, tiny_encoder_spec, tmp_path, 
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
-    code = cli_main(["extract", str(tmp_path / "nope.csv"), "--encoder", "dinov2-small",
-                     "--out", str(tmp_path / "s.zarr"), "--weights", "none"])
+    code = cli_main(
+        [
+            "extract",
+            str(tmp_path / "nope.csv"),
+            "--encoder",
+            "dinov2-small",
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--weights",
+            "none",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "nope.csv" in err and err.count("\n") == 1

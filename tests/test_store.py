@@ -24,8 +24,9 @@ from embedcache.store import (
 from embedcache.store.lock import lock_path
 from embedcache.store.verify import verify_group
 
-LAYOUT = GroupLayout(n_rows=10, global_dim=8, grid_shapes={16: (4, 4, 6), 32: (2, 2, 6)},
-                     rows_per_shard=4)
+LAYOUT = GroupLayout(
+    n_rows=10, global_dim=8, grid_shapes={16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=4
+)
 
 
 def _features(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -98,16 +99,19 @@ def test_sharding_bounds_file_count(tmp_path):
     layout = GroupLayout(130, 8, {16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=64)
     store, group = _make(tmp_path / "s.zarr", layout)
     group.write_rows(0, _features(130))
-    shard_files = [f for _, _, files in os.walk(tmp_path / "s.zarr" / group.key / "grid16" / "c")
-                   for f in files]
+    shard_files = [
+        f
+        for _, _, files in os.walk(tmp_path / "s.zarr" / group.key / "grid16" / "c")
+        for f in files
+    ]
     assert len(shard_files) == 3  # 130 images in ceil(130 / 64) shard files, not 130 files
 
 
 def test_fast_reader_matches_zarr_bitwise(tmp_path):
     layout = GroupLayout(50, 8, {16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=8)
     store, group = _make(tmp_path / "s.zarr", layout)
-    group.write_rows(0, _features(20, seed=1))   # shards 0-1 full, shard 2 partly written
-    group.write_rows(33, _features(5, seed=2))   # shard 4 partly; shard 3 and 5-6 absent
+    group.write_rows(0, _features(20, seed=1))  # shards 0-1 full, shard 2 partly written
+    group.write_rows(33, _features(5, seed=2))  # shard 4 partly; shard 3 and 5-6 absent
     rows = np.random.default_rng(0).permutation(50)
     for name in ("grid16", "grid32", "global"):
         fast = group.read_rows(name, rows)
@@ -153,8 +157,12 @@ def test_lock_excludes_a_second_writer(tmp_path):
 
 def test_stale_lock_of_dead_process_is_cleared(tmp_path):
     path = tmp_path / "s.zarr"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lock_path(path, "k").write_text(
         json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)})
     )
@@ -172,8 +180,9 @@ def test_lock_of_other_host_needs_break_lock(tmp_path):
 
 
 def test_verify_finds_nonfinite_rows_and_tampered_keys(store_path):
-    store, group = _make(store_path, GroupLayout(4, 8, {16: (4, 4, 6), 32: (2, 2, 6)},
-                                                 rows_per_shard=4))
+    store, group = _make(
+        store_path, GroupLayout(4, 8, {16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=4)
+    )
     feats = _features(4)
     feats["grid32"][1, 0, 0, 0] = np.nan
     group.write_rows(0, feats)

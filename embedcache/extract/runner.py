@@ -27,8 +27,18 @@ from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError,
 from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, GroupLayout, encoder_key
 from embedcache.store.lock import GroupLock
 
-_VERSIONED = ("embedcache-probes", "torch", "transformers", "timm", "open_clip_torch", "numpy",
-              "zarr", "h5py", "pydicom", "pillow")
+_VERSIONED = (
+    "embedcache-probes",
+    "torch",
+    "transformers",
+    "timm",
+    "open_clip_torch",
+    "numpy",
+    "zarr",
+    "h5py",
+    "pydicom",
+    "pillow",
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ def _note_siblings(store: EmbeddingStore, key: str, material: dict[str, Any]) ->
     """Describe how other groups of the same preset differ (printed when a new group starts)."""
     notes = []
     prefix = key.rsplit("-", 1)[0] + "-"
-    for other in store.keys():
+    for other in store:
         if other != key and other.startswith(prefix):
             old = store.group(other).attrs.get("key_material", {})
             diffs = _differences(old, material)
@@ -142,7 +152,12 @@ def open_group(
 ) -> StoreGroup:
     """The group for this encoder key: created, or checked against this run and reopened."""
     key = encoder_key(encoder.preset.name, material)
+    if key in store and not store.is_complete(key):
+        log(f"note: removing group {key}, whose creation was interrupted, and creating it anew")
+        store.delete_group(key)
     if key in store:
+        if cleared := store.clear_partial_writes(key):
+            log(f"note: removed {cleared} half-written file(s) left by an interrupted run")
         group = store.group(key)
         recorded = group.attrs.get("key_material")
         if encoder_key(encoder.preset.name, recorded or {}) != key:
@@ -223,9 +238,7 @@ def extract(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, root, check_files=not skip_bad)
     if isinstance(encoder, str):
-        encoder = build_encoder(
-            encoder, weights, trust_remote_code=trust_remote_code, seed=seed
-        )
+        encoder = build_encoder(encoder, weights, trust_remote_code=trust_remote_code, seed=seed)
     random_weights = "random_init" in encoder.weights_id
     if random_weights:
         log(
@@ -240,13 +253,26 @@ def extract(
         key = encoder_key(encoder.preset.name, material)
         with GroupLock(out, key, break_lock=break_lock):
             group = open_group(
-                store, encoder, manifest, material, dtype=dtype,
-                rows_per_shard=rows_per_shard, log=log,
+                store,
+                encoder,
+                manifest,
+                material,
+                dtype=dtype,
+                rows_per_shard=rows_per_shard,
+                log=log,
             )
             return _run(
-                group, encoder, manifest, dev, precision, batch_size,
+                group,
+                encoder,
+                manifest,
+                dev,
+                precision,
+                batch_size,
                 default_workers() if num_workers is None else num_workers,
-                skip_bad, progress, random_weights, out,
+                skip_bad,
+                progress,
+                random_weights,
+                out,
             )
 
 
@@ -321,7 +347,7 @@ def _handle_failures(
     row, reason = batch.failed[0]
     raise ImageReadError(
         manifest.paths[row],
-        f"{reason} (manifest row {row + 1}, image_id {ids[row]!r}); fix or remove it, or re-run "
+        f"{reason} (manifest row {row + 1}, image_id {str(ids[row])!r}); fix or remove it, or re-run "
         "with --skip-bad to record it and go on. Rows already written are kept.",
     )
 

@@ -154,6 +154,8 @@ def _read_dicom(path: str | os.PathLike, *, preamble: bool) -> np.ndarray:
         raise ImageReadError(path, f"unknown transfer syntax {syntax!s}") from None
     if compressed:
         _require_decoder(path, syntax)
+    else:
+        _check_native_length(path, ds)
     try:
         stored = ds.pixel_array
     except MemoryError:
@@ -179,6 +181,22 @@ def _read_dicom(path: str | os.PathLike, *, preamble: bool) -> np.ndarray:
         full_scale = 2 ** int(ds.BitsStored) - 1
         return _luma(path, stored, full_scale, f"DICOM {photometric}", alpha=False)
     raise ImageReadError(path, f"unsupported Photometric Interpretation {photometric!r}")
+
+
+def _check_native_length(path: str | os.PathLike, ds: pydicom.Dataset) -> None:
+    """Uncompressed pixel data shorter than Rows x Columns x samples x bits: a truncated file."""
+    expected = (
+        int(ds.get("Rows") or 0)
+        * int(ds.get("Columns") or 0)
+        * int(ds.get("SamplesPerPixel") or 1)
+        * int(ds.get("BitsAllocated") or 8)
+        // 8
+    )
+    got = len(ds.PixelData)
+    if got < expected:
+        raise ImageReadError(
+            path, f"DICOM file is truncated: pixel data holds {got} of {expected} bytes"
+        )
 
 
 def _missing_pixel_data_reason(path: str | os.PathLike) -> str:

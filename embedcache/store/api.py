@@ -45,6 +45,11 @@ class StoreGroup:
         self._backend = backend
         self.key = key
         self.node = backend.group(key)
+        if "layout" not in self.attrs:
+            raise StoreMismatchError(
+                f"encoder group {key} was never completely created (its creation was "
+                "interrupted); run the extraction again to recreate it"
+            )
         self.layout = GroupLayout.from_attrs(self.attrs["layout"])
         self._readers: dict[str, RowReader] = {}
         self._arrays: dict[str, Any] = {}
@@ -154,6 +159,9 @@ class EmbeddingStore:
         """Encoder group keys in the store."""
         return self._backend.keys()
 
+    def __iter__(self):
+        return iter(self.keys())
+
     def __contains__(self, key: str) -> bool:
         return key in self.keys()
 
@@ -163,10 +171,28 @@ class EmbeddingStore:
             raise KeyError(f"no encoder group {key!r} in {self.path}; groups: {known}")
         return StoreGroup(self._backend, key)
 
+    def is_complete(self, key: str) -> bool:
+        """False for a group whose creation was interrupted (its layout attribute, written
+        last, is missing)."""
+        return "layout" in self._backend.get_attrs(self._backend.group(key))
+
+    def clear_partial_writes(self, key: str) -> int:
+        """Remove temp files left by writes a crash cut short (call under the writer lock)."""
+        return self._backend.clear_partial_writes(key)
+
+    def delete_group(self, key: str) -> None:
+        """Remove a group and its arrays (used for half-created groups, under the lock)."""
+        del self._backend.root[key]
+        self._backend.flush()
+
     def create_group(
         self, key: str, layout: GroupLayout, ids: np.ndarray, attrs: dict[str, Any]
     ) -> StoreGroup:
-        """Create an empty group (all rows not done) with its provenance attributes."""
+        """Create an empty group (all rows not done) with its provenance attributes.
+
+        The ``layout`` attribute is written last and marks the group as complete: a creation
+        killed half-way is detected by :meth:`is_complete` and redone.
+        """
         node = self._backend.create_group(key, layout, ids)
         self._backend.set_attrs(
             node, {**attrs, "layout": layout.to_attrs(), "created": time.time()}

@@ -100,6 +100,19 @@ class ZarrBackend:
     def read_ids(node: Any) -> np.ndarray:
         return np.array(node[IDS][:].tolist(), dtype=str)
 
+    def clear_partial_writes(self, key: str) -> int:
+        """Delete temp files of chunk writes cut short by a crash; returns how many.
+
+        Zarr writes each chunk file to ``<name>.<uuid>.partial`` and renames it into place, so a
+        killed writer leaves the old chunk intact plus an orphan temp file. Only safe under the
+        group's writer lock. The store's own top-level temp files (its metadata is written once,
+        at creation) are cleared too; other groups' folders are left to their writers.
+        """
+        orphans = [*self.path.glob("*.partial"), *(self.path / key).rglob("*.partial")]
+        for orphan in orphans:
+            orphan.unlink(missing_ok=True)
+        return len(orphans)
+
     def flush(self) -> None:
         """Zarr writes each chunk file atomically (temp file + rename) as it goes."""
 
@@ -165,6 +178,10 @@ class Hdf5Backend:
     @staticmethod
     def read_ids(node: Any) -> np.ndarray:
         return np.asarray(node[IDS].asstr()[:], dtype=str)
+
+    def clear_partial_writes(self, key: str) -> int:
+        """Nothing to clear: feature datasets are preallocated and written in place."""
+        return 0
 
     def flush(self) -> None:
         self.file.flush()

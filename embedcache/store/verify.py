@@ -28,7 +28,10 @@ def group_summary(group: StoreGroup) -> dict[str, Any]:
         "dtype": layout.dtype,
         "global": [layout.n_rows, layout.global_dim],
         "grids": {
-            name: {"shape": list(shape), "stride": enc.get("grids", {}).get(name[4:], {}).get("stride")}
+            name: {
+                "shape": list(shape),
+                "stride": enc.get("grids", {}).get(name[4:], {}).get("stride"),
+            }
             for name, shape in layout.feature_shapes().items()
             if name != "global"
         },
@@ -44,7 +47,7 @@ def store_summary(store: EmbeddingStore) -> dict[str, Any]:
     return {
         "path": str(store.path),
         "format": store.format,
-        "groups": [group_summary(store.group(key)) for key in store.keys()],
+        "groups": [group_summary(store.group(key)) for key in store],
     }
 
 
