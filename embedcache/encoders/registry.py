@@ -7,6 +7,7 @@ builder decorated with :func:`register_family`. No per-model ``if`` chains anywh
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,8 @@ _FAMILIES: dict[str, Builder] = {}
 #: Generic spec prefixes (``hf:<hub-id-or-dir>``) -> function making an ad-hoc preset.
 _GENERIC: dict[str, Callable[[str], EncoderPreset]] = {}
 
-#: Modules whose import registers families and presets. Imported lazily, so that
-#: ``import embedcache`` does not import transformers/timm/open_clip.
-_FAMILY_MODULES = ("embedcache.encoders.hf_dinov2", "embedcache.encoders.hf_generic")
+#: Modules of this package that are not family modules.
+_NOT_FAMILIES = frozenset({"base", "registry"})
 
 
 def register_family(name: str) -> Callable[[Builder], Builder]:
@@ -73,8 +73,14 @@ def register_generic(prefix: str) -> Callable[[Callable[[str], EncoderPreset]], 
 
 
 def _load_families() -> None:
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
+    """Import every module of ``embedcache.encoders``: importing a family module registers its
+    family and presets, so adding an encoder family is adding one file. Family modules import
+    their model library (transformers, timm, open_clip) inside functions, never at the top, so
+    listing presets stays fast and ``import embedcache`` stays light."""
+    package = importlib.import_module("embedcache.encoders")
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _NOT_FAMILIES and not info.name.startswith("_"):
+            importlib.import_module(f"embedcache.encoders.{info.name}")
 
 
 def list_presets() -> list[EncoderPreset]:
