@@ -71,6 +71,11 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=768)
     parser.add_argument("--rows-per-shard", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--dir",
+        help="where to write (default: the system temp folder; "
+        "/dev/shm takes the disk out and measures the software alone)",
+    )
     args = parser.parse_args()
     n, side, ch, rps = args.n, args.side, args.channels, args.rows_per_shard
     half = side // 2
@@ -82,7 +87,7 @@ def main() -> None:
     }
     layout = GroupLayout(n, ch, {16: (side, side, ch), 32: (half, half, ch)}, "float16", rps)
     total = layout.bytes_per_row() * n
-    work = Path(tempfile.mkdtemp(prefix="embedcache-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="embedcache-bench-", dir=args.dir))
     print(
         f"{n} images, grid16 {side}x{side}x{ch} fp16, {layout.bytes_per_row() / 1e6:.2f} MB "
         f"per image (all arrays), shards of {rps}"

@@ -197,3 +197,35 @@ def test_verify_finds_nonfinite_rows_and_tampered_keys(store_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no store"):
         open_store(tmp_path / "nothing.zarr")
+
+
+def test_fast_shard_writes_read_back_identically_through_zarr(tmp_path):
+    """Whole shards are written as one buffer; zarr itself must read them as it wrote them."""
+    layout = GroupLayout(10, 8, {16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=4)
+    fast_store, fast = _make(tmp_path / "fast.zarr", layout)
+    ref_store, ref = _make(tmp_path / "ref.zarr", layout)
+    feats = _features(10, seed=3)
+    fast.write_rows(0, {k: v[:8] for k, v in feats.items()})  # shards 0-1, whole
+    fast.write_rows(8, {k: v[8:] for k, v in feats.items()})  # the short last shard
+    for name, values in feats.items():
+        ref.array(name)[:] = values.astype(np.float16)  # zarr's own codec pipeline
+    fast_store.close()
+    key = fast.key
+    for name in feats:
+        ours = zarr.open_group(str(tmp_path / "fast.zarr"), mode="r")[key][name][:]
+        theirs = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")[key][name][:]
+        np.testing.assert_array_equal(ours, theirs)
+    shards = sorted((tmp_path / "fast.zarr" / key / "grid16" / "c").iterdir())
+    assert [p.name for p in shards] == ["0", "1", "2"]
+    assert not list((tmp_path / "fast.zarr").rglob("*.partial"))
+
+
+def test_partial_shard_writes_go_through_zarr(tmp_path):
+    store, group = _make(tmp_path / "s.zarr")
+    feats = _features(3)
+    group.write_rows(1, feats)  # rows 1-3: not a whole shard
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "s.zarr"), mode="r")[group.key]["grid16"][1:4],
+        feats["grid16"].astype(np.float16),
+    )
+    np.testing.assert_array_equal(group.read_rows("grid16", [0]), 0)

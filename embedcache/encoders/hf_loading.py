@@ -18,13 +18,14 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from embedcache.encoders.base import Preprocessing
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def hub_help(hub_id: str, what: str, exc: BaseException) -> WeightsUnavailableEr
         f"({reason.splitlines()[0]}).\n"
         "  - offline or not cached: download it on a connected machine and pass the folder with "
         "--weights DIR (or the spec hf:DIR);\n"
-        "  - gated model: accept its licence on huggingface.co, then run `hf auth login`;\n"
+        f"  - gated model: accept its licence on its page, https://huggingface.co/{hub_id}, then run "
+        "`hf auth login` (or set HF_TOKEN) on this machine;\n"
         "  - to test the pipeline only: --weights none (random weights; the numbers mean nothing)."
     )
 
@@ -240,3 +242,91 @@ def load_model(
         model = build_random(model_cls, arch, source.seed)
         return model, {"random_init": source.seed, "arch": dict(arch)}, set()
     return load_pretrained(model_cls, source, options, config=config)
+
+
+def load_checked(
+    model_cls: Any,
+    arch: Mapping[str, Any],
+    source: WeightsSource,
+    options: LoadOptions,
+    *,
+    accepts: Collection[str],
+    checked_fields: Collection[str] = (),
+) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model` for a preset family, failing loudly on the wrong checkpoint.
+
+    Args:
+        model_cls: the concrete transformers class the preset builds.
+        arch: the preset's config fields (used for ``none`` weights; compared otherwise).
+        source, options: as :func:`load_model`.
+        accepts: ``model_type`` values of ``config.json`` the preset can load (a full image-text
+            checkpoint and its vision tower alone, e.g. ``siglip`` and ``siglip_vision_model``).
+            Checked before loading: a wrong family otherwise fails deep inside transformers.
+        checked_fields: config fields that, if the checkpoint's differ from ``arch``, are logged
+            (the checkpoint's are used).
+
+    Returns:
+        ``(model in eval mode, weights_id)``. Raises ``ValueError`` if the checkpoint is of another
+        model type or lacks parameters of ``model_cls``.
+    """
+    if source.kind != "none":
+        location = source.location
+        if source.kind == "local":
+            location = str(local_folder(location))
+        found = read_json(location, "config.json", required=True).get("model_type")
+        if found not in accepts:
+            raise ValueError(
+                f"{source.location!r} holds a {found!r} model; {model_cls.__name__} loads "
+                f"model types {sorted(accepts)}"
+            )
+    model, weights_id, missing = load_model(model_cls, arch, source, options)
+    if missing:
+        raise ValueError(
+            f"{source.location!r} lacks {len(missing)} parameters of {model_cls.__name__} "
+            f"(e.g. {sorted(missing)[:3]}): not a matching checkpoint"
+        )
+    differs = {
+        k: (arch[k], getattr(model.config, k, None))
+        for k in checked_fields
+        if k in arch and getattr(model.config, k, None) != arch[k]
+    }
+    if differs and source.kind != "none":
+        log.warning(
+            "weights %s differ from the preset in %s (preset, checkpoint); using the checkpoint's",
+            source.location,
+            differs,
+        )
+    return model, weights_id
+
+
+def warn_if_processor_differs(preprocessing: Preprocessing, source: WeightsSource) -> None:
+    """Log where the weights' own ``preprocessor_config.json`` disagrees with a preset's resampling
+    kernel or mean/std. The preset's values are used (they are part of the store key); the
+    warning says that the checkpoint was published with other ones."""
+    if source.kind == "none":
+        return
+    from embedcache.encoders.hf_generic import preprocessing_from_processor
+
+    location = str(local_folder(source.location)) if source.kind == "local" else source.location
+    processor = read_json(location, "preprocessor_config.json", required=False)
+    if processor is None:
+        return
+    theirs, _ = preprocessing_from_processor(processor, preprocessing.input_size)
+    differs = {
+        name: (getattr(preprocessing, name), getattr(theirs, name))
+        for name in ("interpolation", "mean", "std")
+        if not _same(getattr(preprocessing, name), getattr(theirs, name))
+    }
+    if differs:
+        log.warning(
+            "%s's preprocessor_config.json differs from the preset in %s (preset, checkpoint); "
+            "using the preset's",
+            source.location,
+            differs,
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, tuple):
+        return all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
+    return a == b

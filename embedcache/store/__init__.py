@@ -3,7 +3,7 @@
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
 from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key
 from embedcache.store.lock import GroupLock, StoreLockedError
-from embedcache.store.reader import RowReader
+from embedcache.store.shards import RowReader
 
 __all__ = [
     "EmbeddingStore",

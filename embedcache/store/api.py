@@ -25,7 +25,7 @@ from embedcache.store.layout import (
     GroupLayout,
     check_fits,
 )
-from embedcache.store.reader import RowReader
+from embedcache.store.shards import RowReader, local_shard_layout, write_shard
 
 
 class StoreMismatchError(ValueError):
@@ -117,7 +117,23 @@ class StoreGroup:
         if len({len(v) for v in cast.values()}) != 1:
             raise ValueError("feature arrays of one write must have the same row count")
         for name, values in cast.items():
-            self.array(name)[start : start + len(values)] = values
+            self._write_array(name, start, values)
+
+    def _write_array(self, name: str, start: int, values: np.ndarray) -> None:
+        """Whole shards of our own local zarr layout are written as one buffer each (see
+        :mod:`embedcache.store.shards`); anything else goes through zarr / h5py."""
+        array = self.array(name)
+        layout = local_shard_layout(array) if self._backend.name == "zarr" else None
+        stop = start + len(values)
+        if layout is not None:
+            folder, rows = layout
+            n_rows = array.shape[0]
+            whole = start % rows == 0 and (stop % rows == 0 or stop == n_rows)
+            if whole:
+                for lo in range(start, stop, rows):
+                    write_shard(folder, rows, lo // rows, values[lo - start : lo - start + rows])
+                return
+        array[start:stop] = values
 
     def mark_done(self, rows: np.ndarray) -> None:
         """Set ``done`` for ``rows`` (after their features were written)."""

@@ -28,6 +28,11 @@ FORMATS = ("zarr", "hdf5")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
+#: Write every chunk as given: zarr's default first scans each chunk for "all fill value" to
+#: skip it, a full extra pass over the data that embeddings never pass (30% of write time).
+_WRITE_ALL = {"write_empty_chunks": True}
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """``hdf5`` for an HDF5 file or a path ending in .h5/.hdf5, else ``zarr``."""
     p = Path(path)
@@ -74,6 +79,7 @@ class ZarrBackend:
             chunks=(rows, layout.global_dim),
             compressors=None,
             fill_value=0,
+            config=_WRITE_ALL,
         )
         for level, name in GRID_ARRAYS.items():
             shape = layout.grid_shapes[level]
@@ -85,6 +91,7 @@ class ZarrBackend:
                 shards=(rows, *shape),
                 compressors=None,
                 fill_value=0,
+                config=_WRITE_ALL,
             )
         return node
 

@@ -1,21 +1,26 @@
-"""Fast random row reads from a store.
+"""Fast row reads and whole-shard writes for the store's own zarr layout.
 
-Probes read random minibatches of whole images (``grid16[rows]``). Through zarr's codec
-pipeline one sharded row costs ~1 ms of overhead, 2-4x a numpy memmap, and fancy indexing over
-many rows is slower still (docs/benchmarks.md). For the one layout this package writes —
-uncompressed, one image per inner chunk, shard index at the end — the bytes of a row are a plain
-little-endian slice of the shard file at an offset the shard index gives. This module memory-maps
-the shard files and reads that slice, after checking the array metadata is exactly that layout
-and the index checksum is right; anything else (compressed arrays, remote stores, HDF5) is read
-through the library's own indexing. Tests compare it bitwise with zarr's reads.
+Probes read random minibatches of whole images (``grid16[rows]``); extraction writes whole
+shards. Through zarr's codec pipeline one sharded row read costs ~1 ms of overhead (8x a numpy
+memmap, docs/benchmarks.md) and a shard write makes extra passes over the data. For the one
+layout this package writes — uncompressed little-endian, one image per inner chunk, shard index
+(offset, nbytes per inner chunk, then a CRC32C) at the end, as the zarr v3 sharding codec
+specifies — a shard file is simply the rows' bytes followed by the index. This module reads rows
+as slices of memory-mapped shard files and writes whole shards as one buffer, after checking the
+array metadata is exactly that layout; anything else (compressed arrays, remote stores, HDF5,
+partial shards) goes through the library's own indexing. Tests check both directions bitwise
+against zarr itself.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 
 _EMPTY = np.iinfo(np.uint64).max  # offset/nbytes of a chunk that was never written
@@ -23,7 +28,12 @@ _INDEX_ENTRY = 16  # two little-endian uint64 per inner chunk: offset, nbytes
 _CRC = 4
 
 
-def _local_shard_layout(array: Any) -> tuple[Path, int] | None:
+def shard_path(folder: Path, shard: int, ndim: int) -> Path:
+    """File of shard ``shard`` of an array whose chunk grid is split along axis 0 only."""
+    return folder / "c" / str(shard) / "/".join("0" * (ndim - 1))
+
+
+def local_shard_layout(array: Any) -> tuple[Path, int] | None:
     """``(array folder, rows per shard)`` when ``array`` is a local zarr v3 array in our sharded,
     uncompressed, one-row-per-inner-chunk layout; else ``None``."""
     try:
@@ -72,7 +82,7 @@ class RowReader:
         self.array = array
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(str(array.dtype))
-        self._fast = _local_shard_layout(array) if self.dtype.kind == "f" else None
+        self._fast = local_shard_layout(array) if self.dtype.kind == "f" else None
         self._open: OrderedDict[int, tuple[np.memmap, np.ndarray] | None] = OrderedDict()
         self._max_open = max_open_shards
 
@@ -86,11 +96,9 @@ class RowReader:
             self._open.move_to_end(shard)
             return self._open[shard]
         folder, rows = self._fast  # type: ignore[misc]
-        path = folder / "c" / str(shard) / "/".join("0" * (len(self.shape) - 1))
+        path = shard_path(folder, shard, len(self.shape))
         entry = None
         if path.exists():
-            import google_crc32c
-
             data = np.memmap(path, dtype=np.uint8, mode="r")
             index_bytes = bytes(data[-(rows * _INDEX_ENTRY + _CRC) : -_CRC])
             crc = int.from_bytes(bytes(data[-_CRC:]), "little")
@@ -124,3 +132,38 @@ class RowReader:
         for i, row in enumerate(rows):
             out[i] = self.read_row(int(row))
         return out
+
+
+def write_shard(folder: Path, rows_per_shard: int, shard: int, values: np.ndarray) -> None:
+    """Write one whole shard file: the rows' bytes, then the index and its CRC32C.
+
+    Args:
+        folder: the array's folder (from :func:`local_shard_layout`).
+        rows_per_shard: rows in a full shard.
+        shard: shard number.
+        values: ``(n, ...)`` rows of this shard, in the array's dtype, little-endian;
+            ``n == rows_per_shard`` except for the last shard of the array.
+
+    The file is written to a temporary name and renamed into place (as zarr does), so a reader
+    or a crash never sees half a shard.
+    """
+    n = len(values)
+    data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    row_bytes = data[0].nbytes if n else 0
+    index = np.full((rows_per_shard, 2), _EMPTY, dtype="<u8")
+    index[:n, 0] = np.arange(n, dtype=np.uint64) * np.uint64(row_bytes)
+    index[:n, 1] = row_bytes
+    index_bytes = index.tobytes()
+    crc = google_crc32c.value(index_bytes).to_bytes(_CRC, "little")
+    path = shard_path(folder, shard, data.ndim)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(data.reshape(-1).view(np.uint8)))
+            f.write(index_bytes)
+            f.write(crc)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

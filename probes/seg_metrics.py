@@ -1,0 +1,168 @@
+"""Segmentation metrics: per-image Dice and IoU, pooled Dice, fold summaries, bootstrap CIs.
+
+Everything is computed from per-image pixel counts (true positives, false positives, false
+negatives), so predictions can be scored batch by batch and never held all at once.
+
+Empty masks: when both the prediction and the truth of an image are empty, Dice and IoU are 0/0.
+``both_empty="one"`` scores such an image 1 (a correct "nothing here", the usual convention for
+SIIM-ACR), ``"exclude"`` leaves it out (NaN, skipped by the averages). An empty truth with a
+non-empty prediction (or the reverse) always scores 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BothEmpty",
+    "bootstrap_ci",
+    "confusion_counts",
+    "dice_iou",
+    "dice_iou_from_counts",
+    "pooled_dice",
+    "summarize_folds",
+]
+
+BothEmpty = Literal["one", "exclude"]
+
+
+def confusion_counts(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-image ``(tp, fp, fn)`` pixel counts, each ``(n,)`` int64.
+
+    Args:
+        pred, true: ``(n, H, W)`` (or ``(H, W)`` for one image) masks, nonzero = foreground.
+    """
+    pred = np.asarray(pred).astype(bool, copy=False)
+    true = np.asarray(true).astype(bool, copy=False)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {true.shape} differ in shape")
+    if pred.ndim == 2:
+        pred, true = pred[None], true[None]
+    flat_p, flat_t = pred.reshape(len(pred), -1), true.reshape(len(true), -1)
+    tp = np.count_nonzero(flat_p & flat_t, axis=1).astype(np.int64)
+    fp = np.count_nonzero(flat_p, axis=1) - tp
+    fn = np.count_nonzero(flat_t, axis=1) - tp
+    return tp, fp, fn
+
+
+def dice_iou_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, both_empty: BothEmpty = "one"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice ``2tp / (2tp + fp + fn)`` and IoU ``tp / (tp + fp + fn)``, float64.
+
+    Images with nothing predicted and nothing true get 1.0 (``both_empty="one"``) or NaN
+    (``"exclude"``).
+    """
+    if both_empty not in ("one", "exclude"):
+        raise ValueError(f"both_empty must be 'one' or 'exclude', got {both_empty!r}")
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    union = tp + fp + fn
+    empty = union == 0
+    fill = 1.0 if both_empty == "one" else np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(empty, fill, 2 * tp / (2 * tp + fp + fn))
+        iou = np.where(empty, fill, tp / union)
+    return dice, iou
+
+
+def dice_iou(
+    pred: np.ndarray, true: np.ndarray, both_empty: BothEmpty = "one"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of ``(n, H, W)`` masks (see :func:`dice_iou_from_counts`)."""
+    return dice_iou_from_counts(*confusion_counts(pred, true), both_empty=both_empty)
+
+
+def pooled_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    """Aggregate Dice: all images' pixels pooled, ``2 sum(tp) / (2 sum(tp) + sum(fp) + sum(fn))``.
+
+    Large masks weigh more; empty images add nothing. NaN when every image is empty on both
+    sides.
+    """
+    tp, fp, fn = (float(np.sum(v)) for v in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else float("nan")
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    *,
+    statistic: Callable[[np.ndarray], float] = np.nanmean,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    groups: Sequence | np.ndarray | None = None,
+    seed: int = 5656,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic`` over images.
+
+    Args:
+        values: ``(n,)`` per-image scores (NaN = excluded image), or ``(n, k)`` rows handed
+            whole to ``statistic`` (e.g. ``tp, fp, fn`` columns with a pooled-Dice statistic).
+        groups: optional ``(n,)`` cluster labels (patient ids): whole clusters are resampled,
+            so several images of one patient do not narrow the interval falsely.
+        seed: the resampling seed (same seed, same interval).
+
+    Returns:
+        ``(low, high)``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(values))]
+    else:
+        codes = pd.factorize(np.asarray(groups))[0]
+        order = np.argsort(codes, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    if not members:
+        return float("nan"), float("nan")
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(0, len(members), size=len(members))
+        rows = np.concatenate([members[i] for i in picked]) if groups is not None else picked
+        stats[b] = statistic(values[rows])
+    alpha = (1.0 - confidence) / 2
+    low, high = np.nanquantile(stats, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def summarize_folds(
+    rows: pd.DataFrame,
+    metric: str = "dice",
+    *,
+    fold: str = "fold",
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Per-fold means of a per-image metric, and their summary across folds.
+
+    Args:
+        rows: per-image results (one row per test image), with ``fold`` and ``metric`` columns.
+        by: extra grouping columns (encoder key, grid, ...): one summary row per combination.
+
+    Returns:
+        One row per ``by`` group: ``n_folds``, ``n_images``, ``median``, ``min``, ``max`` (the
+        reference study's "median [min-max]"), ``mean``, ``sd`` (ddof 1) of the fold scores,
+        and ``folds``, the fold scores in fold order.
+    """
+    keys = list(by)
+    per_fold = rows.groupby([*keys, fold], sort=True)[metric].agg(["mean", "count"]).reset_index()
+    out = []
+    for group_key, part in per_fold.groupby(keys, sort=True) if keys else [((), per_fold)]:
+        scores = part["mean"].to_numpy(dtype=float)
+        record = dict(
+            zip(keys, group_key if isinstance(group_key, tuple) else (group_key,), strict=True)
+        )
+        record.update(
+            n_folds=len(scores),
+            n_images=int(part["count"].sum()),
+            median=float(np.nanmedian(scores)),
+            min=float(np.nanmin(scores)),
+            max=float(np.nanmax(scores)),
+            mean=float(np.nanmean(scores)),
+            sd=float(np.nanstd(scores, ddof=1)) if len(scores) > 1 else float("nan"),
+            folds=[round(float(s), 6) for s in scores],
+        )
+        out.append(record)
+    return pd.DataFrame(out)
