@@ -5,7 +5,7 @@
 
 ``write:N`` dies in the N-th shard write after the global array was written but before the grids;
 ``put:N`` dies half-way through writing the N-th zarr file (metadata included);
-``shardput:N`` half-way through the N-th grid16 shard file; ``done:N`` dies right
+``shardput:N`` half-way through writing the N-th whole shard file (the store's own writer); ``done:N`` dies right
 after the N-th shard was marked done; ``create`` right after the group was created.
 """
 
@@ -15,10 +15,13 @@ import os
 import signal
 import sys
 
+import numpy as np
 import zarr.storage._local as zarr_local
 
+import embedcache.store.api as store_api
 from embedcache.extract import extract
 from embedcache.store.api import EmbeddingStore, StoreGroup
+from embedcache.store.shards import shard_path
 
 
 def die() -> None:
@@ -55,7 +58,18 @@ def main() -> None:
             die()
 
         StoreGroup.write_rows = counted(original, before=partial)
-    elif what in ("put", "shardput"):
+    elif what == "shardput":
+
+        def half_shard(folder, rows_per_shard, shard, values):
+            path = shard_path(folder, shard, values.ndim)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.with_suffix(".deadbeef.partial").open("wb") as f:
+                f.write(np.ascontiguousarray(values).tobytes()[: values.nbytes // 2])
+                f.flush()
+            die()
+
+        store_api.write_shard = counted(store_api.write_shard, before=half_shard)
+    elif what == "put":
         original_put = zarr_local._put
 
         def half_put(path, value, exclusive=False):
@@ -67,14 +81,7 @@ def main() -> None:
                 f.flush()
             die()
 
-        counted_put = counted(original_put, before=half_put)
-
-        def put(path, value, exclusive=False):
-            if what == "shardput" and not ("grid16" in path.parts and "c" in path.parts):
-                return original_put(path, value, exclusive)
-            return counted_put(path, value, exclusive)
-
-        zarr_local._put = put
+        zarr_local._put = counted(original_put, before=half_put)
     extract(manifest, spec, store, rows_per_shard=4, batch_size=3, num_workers=1, progress=False)
 
 

@@ -64,7 +64,7 @@ def reference(phantom_manifest, tiny_encoder_spec, tmp_path_factory):
         ("s.zarr", ["create"]),
         ("s.zarr", ["write:2"]),  # between the global array and the grids of shard 2
         ("s.zarr", ["put:7", "done:3"]),  # half-way through a metadata file; after shard 3 is done
-        ("s.zarr", ["shardput:3"]),  # half-way through the third grid16 shard file
+        ("s.zarr", ["shardput:5"]),  # half-way through writing the fifth shard file
         ("s.zarr", ["done:1", "write:1", "done:2"]),  # three kills in a row, each resumed
         ("s.h5", ["create", "write:2", "done:3"]),
     ],
