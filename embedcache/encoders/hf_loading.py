@@ -14,7 +14,6 @@ One place decides how weights are found and what identifies them in the store ke
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -25,13 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from embedcache.encoders._weights import weights_digest
 from embedcache.encoders.base import Preprocessing
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 
 log = logging.getLogger(__name__)
 
-#: Read size when hashing weight files.
-HASH_BLOCK = 1 << 20
 #: Config keys that say how a file was written, not what the model computes.
 _VOLATILE_CONFIG_KEYS = frozenset(
     {
@@ -108,17 +106,6 @@ def weight_files(folder: Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"{str(folder)!r} has no *.safetensors or *.bin weight files")
     return files
-
-
-def weights_digest(files: list[Path]) -> str:
-    """SHA-256 over the files' names and bytes, in the given order, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            while block := f.read(HASH_BLOCK):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(location: str, filename: str, *, required: bool) -> dict[str, Any] | None:

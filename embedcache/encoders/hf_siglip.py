@@ -180,7 +180,8 @@ for _preset in _PRESETS:
 
 class NaFlexFixedGrid(nn.Module):
     """A SigLIP 2 NaFlex model fed whole images: ``(B, 3, H, W)`` is cut into the processor's
-    flattened patches (row-major, each patch ``(p, p, C)``), all attended, none padded."""
+    flattened patches (row-major, each patch ``(p, p, C)``), all attended, none padded; the
+    position table is resized to the ``(H/p, W/p)`` grid by the model itself."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -201,9 +202,9 @@ class NaFlexFixedGrid(nn.Module):
             .permute(0, 2, 4, 3, 5, 1)
             .reshape(batch, h * w, p * p * channels)
         )
-        mask = torch.ones(batch, h * w, dtype=torch.int32, device=pixel_values.device)
         shapes = torch.tensor([[h, w]] * batch, device=pixel_values.device)
-        return self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+        # No padding: no mask (what transformers makes of the processor's all-ones mask anyway).
+        return self.model(pixel_values=patches, pixel_attention_mask=None, spatial_shapes=shapes)
 
 
 @register_family(FAMILY)
