@@ -20,7 +20,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder",
         required=True,
-        help="preset name (see `embedcache encoders`) or hf:<hub-id-or-dir>",
+        help="preset name (see `embedcache encoders`), hf:<hub-id-or-dir>, timm:<name>[@file] or open_clip:<arch>@<checkpoint>",
     )
     p.add_argument("--out", required=True, help="store: a zarr folder, or a .h5 file")
     p.add_argument(
@@ -117,16 +117,29 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_encoders(args: argparse.Namespace) -> int:
-    from embedcache.encoders.registry import list_presets
+    from embedcache.encoders._catalogue import catalogue
 
-    rows = [("name", "family", "source", "input", "resize")]
-    for p in list_presets():
-        pp = p.preprocessing
-        rows.append((p.name, p.family, p.source, str(pp.input_size), pp.resize))
+    rows = [("name", "input", "global", "grid16 (stride)", "grid32 (stride)", "params", "source")]
+    for s in catalogue():
+        g16, g32 = s.grids[16], s.grids[32]
+        rows.append(
+            (
+                s.name,
+                f"{s.input_size} {s.resize}",
+                str(s.global_dim),
+                f"{g16[0]}x{g16[1]}x{g16[2]} ({g16[3]})",
+                f"{g32[0]}x{g32[1]}x{g32[2]} ({g32[3]})",
+                f"{s.parameters_m:.1f}M",
+                s.source,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    print("\nalso: hf:<hub-id-or-local-dir> for ViT-like Hugging Face vision models")
+    print(
+        "\nalso: hf:<hub-id-or-dir> (ViT-like Hugging Face models), timm:<name>[@<file>], "
+        "open_clip:<arch>@<checkpoint>"
+    )
     return 0
 
 
