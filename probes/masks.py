@@ -43,6 +43,8 @@ __all__ = [
 MaskKind = Literal["auto", "path", "siim", "chexmask"]
 MASK_KINDS = ("auto", "path", "siim", "chexmask")
 _RLE_TEXT = re.compile(r"^[\s\d-]*$")  # digits, spaces and "-1": run lengths, never a path
+_LOAD_BLOCK = 1024  # masks decoded per round of the thread pool
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1).astype(np.uint8)
 
 
 class PackedMasks:
@@ -83,8 +85,8 @@ class PackedMasks:
         return PackedMasks(self.bits[np.asarray(index, dtype=np.int64).reshape(-1)], self.shape)
 
     def area(self) -> np.ndarray:
-        """``(n,)`` foreground fraction of each mask."""
-        counts = np.unpackbits(self.bits, axis=1, count=self.shape[0] * self.shape[1]).sum(1)
+        """``(n,)`` foreground fraction of each mask (counted on the packed bytes)."""
+        counts = _POPCOUNT[self.bits].sum(1, dtype=np.int64)  # pad bits are zero
         return counts / float(self.shape[0] * self.shape[1])
 
 
@@ -153,8 +155,11 @@ def to_model_input(
 
 
 def _is_empty(value: object) -> bool:
+    """None, NaN, "", "-1", or the number -1 (a column of only "-1" is read as integers)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return True
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return value == -1
     return isinstance(value, str) and value.strip() in ("", "-1")
 
 
@@ -251,14 +256,20 @@ class MaskSource:
             return np.packbits(mask.reshape(-1))
 
         bits = np.empty((len(positions), math.ceil(size[0] * size[1] / 8)), np.uint8)
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # PNG/zlib decoding drops the GIL
-            results = pool.map(one, positions.tolist())
-            if progress:
-                from tqdm.auto import tqdm
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-                results = tqdm(results, total=len(positions), desc=f"masks {self.column}")
-            for i, packed in enumerate(results):
-                bits[i] = packed
+            bar = tqdm(total=len(positions), desc=f"masks {self.column}")
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # PNG/zlib decoding drops the GIL
+            for start in range(0, len(positions), _LOAD_BLOCK):  # bounded queue of futures
+                block = positions[start : start + _LOAD_BLOCK].tolist()
+                for i, packed in enumerate(pool.map(one, block), start=start):
+                    bits[i] = packed
+                if bar is not None:
+                    bar.update(len(block))
+        if bar is not None:
+            bar.close()
         return PackedMasks(bits, size)
 
 

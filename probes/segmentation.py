@@ -11,17 +11,25 @@ stopping on validation loss. Two exact rewrites make it cheap and deterministic:
   grid16's size and concatenated along channels) is computed as ``conv16(grid16) +
   up(conv32(grid32))``: the grid32 features are never resampled, only their logits.
 
+- With two classes the softmax depends only on the logit difference ``d = z1 - z0``, so the
+  head computes ``d`` (one output row: half the upsampling, and matrix-vector products) and the
+  loss is ``w_y * softplus((1 - 2y) d)``: the numbers of weighted cross-entropy on two logits.
+
 Features are standardised per channel (statistics from a bounded sample of training images) by
 folding mean and scale into the effective weights, which costs nothing per pixel.
 
 Memory does not grow with N: every pass reads shuffled minibatches of rows (``batch_size`` rows
 per ``read_rows`` call, sorted within the batch for locality) while a background thread reads
-the next ones; masks are held bit-packed at the training resolution.
+the next ones and prepares their targets; masks are held bit-packed at the training resolution.
+Grids travel in their storage dtype: on CPU float16 is converted chunk by chunk inside the
+products (never a float32 copy of the batch), on CUDA after the transfer, under bf16 autocast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -225,8 +233,58 @@ class _Failure:
         self.error = error
 
 
+class _ChunkedLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` for ``x`` ``(P, C)`` in its storage dtype (float16 or float32) on
+    CPU, converted to float32 one cache-sized chunk at a time; the backward pass converts the
+    chunks again instead of keeping a float32 copy.
+
+    On CPU the probe is bound by memory bandwidth: the batch crosses memory twice in its storage
+    dtype (forward, weight gradient) and is never copied whole. With one output row (the binary
+    logit difference) the products are matrix-vector products, which stream at memory speed
+    where a GEMM with two output columns does not.
+    """
+
+    @staticmethod
+    def _chunks(x: torch.Tensor, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        scratch = None if x.dtype == torch.float32 else torch.empty(min(chunk, len(x)), x.shape[1])
+        for start in range(0, len(x), chunk):
+            part = x[start : start + chunk]
+            if scratch is not None:
+                part = scratch[: len(part)].copy_(part)
+            yield slice(start, start + len(part)), part
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, chunk):  # type: ignore[override]
+        out = torch.empty(len(weight), len(x))
+        for rows, part in _ChunkedLinear._chunks(x, chunk):
+            for k in range(len(weight)):
+                torch.mv(part, weight[k], out=out[k, rows])
+        ctx.save_for_backward(x, weight)
+        ctx.chunk = chunk
+        return out.T + bias
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_t = grad.T.contiguous()
+        grad_weight = torch.zeros_like(weight)
+        for rows, part in _ChunkedLinear._chunks(x, ctx.chunk):
+            for k in range(len(weight)):
+                grad_weight[k].addmv_(part.T, grad_t[k, rows])
+        return None, grad_weight, grad.sum(0), None
+
+
+#: Pixels per chunk of :class:`_ChunkedLinear` (1024 x 768 float32 = 3 MB, cache-sized).
+CHUNK_PIXELS = 1024
+
+
 class _LinearGridHead(nn.Module):
-    """1x1 convolution on each grid (summed at the first grid's size) + bilinear upsampling."""
+    """1x1 convolution on each grid (summed at the first grid's size) + bilinear upsampling.
+
+    Returns scores at the mask resolution: for two classes the logit difference
+    ``z1 - z0`` ``(B, 1, H, W)`` (softmax over two logits depends on nothing else, and one
+    output row halves the work); for more classes the logits ``(B, K, H, W)``.
+    """
 
     def __init__(self, shapes, n_classes, out_shape, align_corners, generator):
         super().__init__()
@@ -237,6 +295,7 @@ class _LinearGridHead(nn.Module):
             for c in channels
         )
         self.bias = nn.Parameter((torch.rand(n_classes, generator=generator) * 2 - 1) * bound)
+        self.binary = n_classes == 2
         for g, c in enumerate(channels):
             self.register_buffer(f"mean{g}", torch.zeros(c))
             self.register_buffer(f"scale{g}", torch.ones(c))
@@ -250,25 +309,33 @@ class _LinearGridHead(nn.Module):
         self.register_buffer("out_cols", interpolation_matrix(base_w, out_shape[1], align_corners))
 
     def effective(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights and bias of grid ``g`` on raw (unstandardised) features."""
+        """Weights ``(K, C)`` and bias of grid ``g`` on raw (unstandardised) features."""
         weight = self.weight[g] * getattr(self, f"scale{g}")
         return weight, -(weight @ getattr(self, f"mean{g}"))
 
     def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
-        """``[(B, h, w, C), ...]`` -> logits ``(B, K, H, W)`` at the mask resolution, float32."""
+        """``[(B, h, w, C), ...]`` -> scores ``(B, 1 | K, H, W)``, float32 (see the class)."""
         total = None
         for g, x in enumerate(grids):
             weight, bias = self.effective(g)
-            z = F.linear(x, weight.to(x.dtype), bias.to(x.dtype))  # (B, h, w, K)
+            if self.binary:
+                weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
+            if x.device.type == "cpu":
+                flat = x.reshape(-1, x.shape[-1])
+                z = _ChunkedLinear.apply(flat, weight, bias, CHUNK_PIXELS)
+                z = z.view(*x.shape[:-1], -1)  # (B, h, w, K')
+            else:  # on the GPU bandwidth is plentiful: convert whole, bf16 under autocast
+                z = F.linear(x.float(), weight, bias)
             if g:
                 rows, cols = getattr(self, f"rows{g}"), getattr(self, f"cols{g}")
                 z = torch.einsum("ih,bhwk,jw->bijk", rows.to(z.dtype), z, cols.to(z.dtype))
             total = z if total is None else total + z
+        bias = self.bias[1:] - self.bias[:1] if self.binary else self.bias
         with torch.autocast(total.device.type, enabled=False):
-            logits = (total.float() + self.bias).permute(0, 3, 1, 2)
+            scores = (total.float() + bias).permute(0, 3, 1, 2)
             if self.upsample:
-                logits = torch.einsum("ih,bkhw,jw->bkij", self.out_rows, logits, self.out_cols)
-        return logits
+                scores = torch.einsum("ih,bkhw,jw->bkij", self.out_rows, scores, self.out_cols)
+        return scores
 
 
 class SegmentationProbe(BaseEstimator):
@@ -291,7 +358,11 @@ class SegmentationProbe(BaseEstimator):
         standardize: scale features per channel (statistics from ``stats_images`` images).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ...
         amp: bf16 autocast on CUDA.
-        prefetch: minibatches read ahead by a background thread (0 = none).
+        prefetch: minibatches read ahead by a background thread (0 = none). One hides the
+            reads when a core is free for it; each more holds one more batch in memory.
+        num_threads: torch CPU threads while fitting and predicting; ``None`` leaves one core
+            to the reading thread (the CPU probe is memory-bound, and an oversubscribed core
+            stalls torch's thread pool).
         seed: shuffling, validation split and initialisation.
         verbose: progress bar over epochs.
 
@@ -319,7 +390,8 @@ class SegmentationProbe(BaseEstimator):
         stats_images: int = 256,
         device: str = "auto",
         amp: bool = True,
-        prefetch: int = 2,
+        prefetch: int = 1,
+        num_threads: int | None = None,
         seed: int = 5656,
         verbose: bool = False,
     ):
@@ -341,6 +413,7 @@ class SegmentationProbe(BaseEstimator):
         self.device = device
         self.amp = amp
         self.prefetch = prefetch
+        self.num_threads = num_threads
         self.seed = seed
         self.verbose = verbose
 
@@ -351,24 +424,72 @@ class SegmentationProbe(BaseEstimator):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Set torch's CPU thread count for the duration of a fit or a prediction."""
+        if self._device().type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        wanted = self.num_threads
+        if wanted is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            wanted = min(before, max(1, (cores or os.cpu_count() or 1) - (self.prefetch > 0)))
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def _stream(self, grids: GridSource, batches, targets=None) -> _Stream:
         device = self._device()
         cuda = device.type == "cuda"
 
         def load(index: np.ndarray):
             xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in grids.read(index)]
-            # fp16 -> fp32 here, in the reading thread, on CPU; on CUDA the storage dtype
-            # travels (half the bytes) and is converted on the device.
-            xs = [x.pin_memory() if cuda else x.float() for x in xs]
-            t = None if targets is None else torch.from_numpy(np.asarray(targets(index), np.uint8))
-            return xs, t
+            # The storage dtype travels as is (half the bytes for float16): converted chunk by
+            # chunk on CPU (_ChunkedLinear), on the device on CUDA.
+            if cuda:
+                xs = [x.pin_memory() for x in xs]
+            if targets is None:
+                return xs, None
+            return xs, self._targets(np.asarray(targets(index)))
 
         return _Stream(batches, load, self.prefetch)
 
-    def _to_device(self, xs, t):
+    def _targets(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        """Loss inputs from ``(b, H, W)`` labels, prepared in the reading thread: per-class pixel
+        counts (the weighted mean's denominator) and, for two classes, the sign ``1 - 2y`` and
+        the class weight of every pixel; else int64 labels."""
+        labels = labels.astype(np.uint8, copy=False) if labels.dtype == bool else labels
+        counts = np.bincount(labels.reshape(-1), minlength=self.n_classes)
+        if len(counts) > self.n_classes or labels.min(initial=0) < 0:
+            raise ValueError(f"mask labels outside 0..{self.n_classes - 1}")
+        out = {"counts": torch.from_numpy(counts.astype(np.float32))}
+        if self.n_classes == 2:
+            weights = np.asarray(self.class_weights or (1.0, 1.0), dtype=np.float32)
+            out["sign"] = torch.from_numpy(1 - 2 * labels.astype(np.float32))
+            out["weight"] = torch.from_numpy(weights[labels])
+        else:
+            out["labels"] = torch.from_numpy(labels.astype(np.int64))
+        return out
+
+    def _to_device(self, xs, targets=None):
         device = self._device()
-        xs = [x.to(device, non_blocking=True).float() for x in xs]
-        return xs, (None if t is None else t.to(device, non_blocking=True).long())
+        moved = [x.to(device, non_blocking=True) for x in xs]
+        if targets is not None:
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+        return moved, targets
+
+    def _train_step(self, head, optimizer, xs, targets, class_weights) -> torch.Tensor:
+        """One optimiser step on a minibatch; returns its loss."""
+        with self._autocast():
+            nll, inter, denom = self._loss_parts(head(xs), targets)
+        loss = self._loss(nll, targets["counts"] @ class_weights, inter, denom)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
 
     def _autocast(self):
         device = self._device()
@@ -381,15 +502,29 @@ class SegmentationProbe(BaseEstimator):
         # Sorting within a batch keeps its composition (the gradient) and reads in store order.
         return [np.sort(order[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
 
-    def _loss_parts(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor):
-        """(weighted NLL sum, weight sum, soft-Dice intersections, soft-Dice denominators)."""
-        nll = F.cross_entropy(logits, target, weight=weights, reduction="sum")
-        wsum = weights[target].sum()
-        if not self.dice_weight:
-            return nll, wsum, None, None
-        prob = logits.softmax(1)[:, 1:]
-        onehot = F.one_hot(target, self.n_classes).permute(0, 3, 1, 2)[:, 1:].to(prob.dtype)
-        return nll, wsum, (prob * onehot).sum((0, 2, 3)), (prob + onehot).sum((0, 2, 3))
+    def _loss_parts(self, scores: torch.Tensor, targets: dict[str, torch.Tensor]):
+        """(class-weighted NLL summed over pixels, soft-Dice intersections and denominators).
+
+        Two classes: ``-log p(y) = softplus((1 - 2y) d)`` for the logit difference ``d``, the
+        same numbers as ``F.cross_entropy`` on the two logits, with half the upsampling.
+        """
+        if "sign" in targets:
+            d = scores[:, 0]
+            nll = (F.softplus(targets["sign"] * d) * targets["weight"]).sum()
+            if not self.dice_weight:
+                return nll, None, None
+            prob, onehot = torch.sigmoid(d)[:, None], (1 - targets["sign"])[:, None] / 2
+        else:
+            weights = torch.as_tensor(
+                self.class_weights or [1.0] * self.n_classes, device=scores.device
+            ).float()
+            nll = F.cross_entropy(scores, targets["labels"], weight=weights, reduction="sum")
+            if not self.dice_weight:
+                return nll, None, None
+            prob = scores.softmax(1)[:, 1:]
+            onehot = F.one_hot(targets["labels"], self.n_classes).permute(0, 3, 1, 2)[:, 1:]
+            onehot = onehot.to(prob.dtype)
+        return nll, (prob * onehot).sum((0, 2, 3)), (prob + onehot).sum((0, 2, 3))
 
     def _loss(self, nll, wsum, inter, denom) -> torch.Tensor:
         loss = nll / wsum.clamp_min(1e-12)
@@ -410,6 +545,10 @@ class SegmentationProbe(BaseEstimator):
             eval_set: ``(X_val, y_val)`` for early stopping (the reference's validation fold).
             groups: ``(n,)`` patient ids, to hold out whole patients when no eval_set is given.
         """
+        with self._threads():
+            return self._fit(X, y, eval_set, groups)
+
+    def _fit(self, X: Any, y: Any, eval_set, groups) -> SegmentationProbe:
         names = grid_names(self.grid)
         grids, take = as_grids(X, names), _as_targets(y)
         if len(grids) != len(y):
@@ -453,14 +592,11 @@ class SegmentationProbe(BaseEstimator):
         for epoch in epochs:
             head.train()
             total, count = 0.0, 0
-            for xs, t in self._stream(grids, self._batches(len(grids), rng), take):
-                xs, t = self._to_device(xs, t)
-                with self._autocast():
-                    loss = self._loss(*self._loss_parts(head(xs), t, class_weights))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.detach() * len(t), count + len(t)
+            for batch in self._stream(grids, self._batches(len(grids), rng), take):
+                xs, targets = self._to_device(*batch)
+                loss = self._train_step(head, optimizer, xs, targets, class_weights)
+                total, count = total + loss * len(xs[0]), count + len(xs[0])
+                del batch, xs, targets  # freed before the next one arrives: peak is fixed
             record = {"epoch": epoch, "train_loss": float(total) / max(count, 1)}
             if val is not None:
                 record["val_loss"] = self._eval_loss(head, val, class_weights)
@@ -493,12 +629,15 @@ class SegmentationProbe(BaseEstimator):
         squares = [torch.zeros_like(s) for s in sums]
         pixels = [0] * len(sums)
         for xs, _ in self._stream(grids, batches):
-            xs, _ = self._to_device(xs, None)
+            xs, _ = self._to_device(xs)
             for g, x in enumerate(xs):
                 flat = x.reshape(-1, x.shape[-1])
-                # float32 partial sums per batch, float64 across batches; no squared copy.
-                sums[g] += flat.sum(0).double().cpu()
-                squares[g] += (torch.linalg.vector_norm(flat, dim=0).double() ** 2).cpu()
+                cpu = flat.device.type == "cpu"
+                # float32 partial sums per chunk, float64 across chunks; no squared copy.
+                parts = _ChunkedLinear._chunks(flat, CHUNK_PIXELS) if cpu else [(0, flat.float())]
+                for _, part in parts:
+                    sums[g] += part.sum(0).double().cpu()
+                    squares[g] += (torch.linalg.vector_norm(part, dim=0).double() ** 2).cpu()
                 pixels[g] += len(flat)
         for g in range(len(sums)):
             mean = sums[g] / max(pixels[g], 1)
@@ -509,19 +648,19 @@ class SegmentationProbe(BaseEstimator):
 
     @torch.no_grad()
     def _eval_loss(self, head, val, class_weights) -> float:
+        """The training loss over a whole validation set (pooled, so batch-size independent)."""
         head.eval()
         grids, take, n = val
-        sums = None
-        for xs, t in self._stream(grids, self._batches(n, None), take):
-            xs, t = self._to_device(xs, t)
+        nll = wsum = inter = denom = 0.0
+        for batch in self._stream(grids, self._batches(n, None), take):
+            xs, targets = self._to_device(*batch)
             with self._autocast():
-                parts = self._loss_parts(head(xs), t, class_weights)
-            sums = (
-                parts
-                if sums is None
-                else [a if a is None else a + b for a, b in zip(sums, parts, strict=True)]
-            )
-        return float(self._loss(*sums)) if sums is not None else float("nan")
+                parts = self._loss_parts(head(xs), targets)
+            nll, wsum = nll + parts[0], wsum + targets["counts"] @ class_weights
+            if self.dice_weight:
+                inter, denom = inter + parts[1], denom + parts[2]
+            del batch, xs, targets
+        return float(self._loss(nll, wsum, inter, denom)) if n else float("nan")
 
     # -- prediction ----------------------------------------------------------------------------
 
@@ -533,12 +672,19 @@ class SegmentationProbe(BaseEstimator):
         (``(index, probabilities (b, K, H, W) float32)`` with ``proba=True``)."""
         grids = as_grids(X, grid_names(self.grid))
         head, batches = self.head_, self._batches(len(grids), None)
-        for index, (xs, _) in zip(batches, self._stream(grids, batches), strict=True):
-            xs, _ = self._to_device(xs, None)
-            with self._autocast():
-                logits = head(xs)
-            out = logits.softmax(1) if proba else logits.argmax(1).to(torch.uint8)
-            yield index, out.cpu().numpy()
+        with self._threads():
+            for index, (xs, _) in zip(batches, self._stream(grids, batches), strict=True):
+                xs, _ = self._to_device(xs)
+                with self._autocast():
+                    scores = head(xs)
+                if not head.binary:
+                    out = scores.softmax(1) if proba else scores.argmax(1).to(torch.uint8)
+                elif proba:  # the score is the logit difference d: p1 = sigmoid(d)
+                    out = torch.cat([torch.sigmoid(-scores), torch.sigmoid(scores)], 1)
+                else:
+                    out = (scores[:, 0] > 0).to(torch.uint8)
+                del xs
+                yield index, out.cpu().numpy()
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n, K, H, W)`` float32 at the mask resolution."""

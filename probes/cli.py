@@ -1,0 +1,250 @@
+"""``probes``: probe an embedcache store from the command line.
+
+::
+
+    probes linear cohort.zarr --manifest manifest.csv --label pneumothorax --out results/
+
+Subcommands live in :data:`COMMANDS` (name -> ``register(subparsers)``). Modules named in
+:data:`PLUGINS` add their own when they exist: ``probes seg`` comes from
+``probes.segmentation_cli.register(subparsers)``, which sets ``func`` on its parser as below.
+The command line is a thin shell: everything it does is a function a notebook can call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from probes.features import FeatureError, FeatureSet
+from probes.metrics import format_mean_sd, format_median_range
+from probes.results import cross_predict, results_table, summary_table, write_table
+from probes.splits import (
+    REFERENCE_SEED,
+    LeakageError,
+    check_no_leakage,
+    column_split,
+    patient_split,
+    reference_rotation,
+)
+
+__all__ = ["COMMANDS", "PLUGINS", "build_parser", "main", "run_linear"]
+
+
+def register_linear(subparsers) -> None:
+    """Add ``probes linear``."""
+    p = subparsers.add_parser(
+        "linear",
+        help="logistic-regression (or reference SGD-head) probe on cached global features",
+        description="Cross-validated linear probe of one encoder group of a store. Writes "
+        "per-row predictions, a results table (one row per fold x label) and a summary.",
+    )
+    p.add_argument("store", help="store path (zarr folder or .h5 file)")
+    p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
+    p.add_argument("--root", help="folder for the manifest's relative paths")
+    p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+    p.add_argument("--label", action="append", required=True, help="label column (repeatable)")
+    p.add_argument(
+        "--feature",
+        default="global",
+        choices=("global", "grid16", "grid32"),
+        help="feature array; grids are average-pooled over their patches (default: global)",
+    )
+    p.add_argument(
+        "--folds",
+        default="patient",
+        help="'patient' (stratified, grouped by patient_id), 'reference' (the study's seeded "
+        "shuffle, 60/20/20 rotation), or a manifest column of fold ids or train/val/test",
+    )
+    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
+    p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
+    p.add_argument("--mode", default="logistic", choices=("logistic", "sgd-head"))
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "numpy", "torch", "sklearn", "cuml")
+    )
+    p.add_argument("--dtype", choices=("float32", "float64"), help="solver dtype")
+    p.add_argument("--device", help="torch device for the torch backend / sgd-head")
+    p.add_argument("--Cs", type=float, nargs="+", help="C grid (default: 10 values 1e-4..1e2)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per fold")
+    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    p.add_argument("--out", default="probe-results", help="output folder")
+    p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
+    p.add_argument(
+        "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_linear)
+
+
+#: Subcommand name -> function adding its parser to the ``subparsers`` action.
+COMMANDS: dict[str, Callable] = {"linear": register_linear}
+#: Subcommand name -> optional module whose ``register(subparsers)`` adds it.
+PLUGINS: dict[str, str] = {"seg": "probes.segmentation_cli"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probes", description="Probe an embedcache store (probes COMMAND --help)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMANDS.values():
+        register(subparsers)
+    for name, module in PLUGINS.items():
+        _register_plugin(subparsers, name, module)
+    return parser
+
+
+def _register_plugin(subparsers, name: str, module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        return
+    try:
+        importlib.import_module(module).register(subparsers)
+    except Exception as exc:  # keep the other commands usable; report when asked for
+        stub = subparsers.add_parser(name, help=f"(unavailable: {module} failed to load)")
+        stub.set_defaults(func=lambda args, exc=exc: _fail(f"{module} failed to load: {exc!r}"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``probes`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FeatureError, LeakageError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    """``probes linear``: load, split, cross-fit, write tables, print the summary."""
+    from tqdm import tqdm
+
+    from probes.backends import resolve_backend
+    from probes.linear import LinearProbe, SGDHeadProbe
+
+    fs = FeatureSet.open(
+        args.store,
+        args.manifest,
+        args.encoder,
+        args.feature,
+        root=args.root,
+        allow_subset=args.allow_subset,
+    )
+    Y, positives = _binary_labels(fs, args.label)
+    split = _make_split(fs, args, Y)
+    try:
+        check_no_leakage(split, fs.patient_ids)
+    except LeakageError as exc:
+        if not args.allow_leakage:
+            raise
+        print(f"warning: {exc}", file=sys.stderr)
+    X = fs.load()
+    if X.ndim > 2:  # a grid: average over its patches
+        X = X.reshape(len(X), -1, X.shape[-1]).mean(axis=1)
+    if args.mode == "logistic":
+        probe = LinearProbe(Cs=args.Cs, backend=args.backend, dtype=args.dtype, device=args.device)
+        backend = resolve_backend(args.backend, device=args.device)
+    else:
+        probe = SGDHeadProbe(random_state=args.seed, device=args.device or "cpu")
+        backend = "torch"
+    with tqdm(total=len(split), desc=f"probes linear {fs.key}", disable=args.quiet) as bar:
+        predictions = cross_predict(
+            probe,
+            X,
+            Y,
+            split,
+            ids=fs.ids,
+            patient_ids=fs.patient_ids,
+            label_names=args.label,
+            encoder=fs.key,
+            feature=fs.feature,
+            seed=args.seed,
+            on_round=lambda _: bar.update(),
+        )
+    results = results_table(predictions, n_boot=args.n_boot, seed=args.seed)
+    summary = summary_table(results)
+    out = Path(args.out)
+    write_table(predictions, out / f"predictions.{args.format}")
+    write_table(results, out / "results.csv")
+    write_table(summary, out / "summary.csv")
+    folds = split.assignments()
+    folds.insert(0, "patient_id", fs.patient_ids)
+    folds.insert(0, "image_id", fs.ids)
+    write_table(folds, out / "folds.csv")
+    run = {
+        "store": str(Path(args.store).resolve()),
+        "encoder": fs.key,
+        "feature": fs.feature,
+        "manifest": str(fs.manifest.source),
+        "manifest_digest": fs.manifest.digest(),
+        "rows": len(fs),
+        "excluded": fs.excluded_reasons,
+        "labels": args.label,
+        "positive_class": positives,
+        "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
+        "probe": type(probe).__name__,
+        "params": probe.get_params(),
+        "backend": backend,
+        "seed": args.seed,
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
+    print(_format_summary(results, fs, split, out))
+    return 0
+
+
+def _binary_labels(fs: FeatureSet, columns: list[str]) -> tuple[np.ndarray, dict[str, object]]:
+    """``(n, k)`` 0/1 labels (positive = the larger value) and the positive value per column."""
+    columns_out, positives = [], {}
+    for column in columns:
+        values = fs.labels(column)
+        classes = np.unique(values)
+        if len(classes) != 2:
+            raise FeatureError(
+                f"label column {column!r} has {len(classes)} distinct values "
+                f"({classes[:5].tolist()}); a binary probe needs exactly two"
+            )
+        columns_out.append((values == classes[1]).astype(np.int64))
+        positives[column] = classes[1].item() if hasattr(classes[1], "item") else classes[1]
+    return np.column_stack(columns_out), positives
+
+
+def _make_split(fs: FeatureSet, args: argparse.Namespace, Y: np.ndarray):
+    if args.folds == "patient":
+        return patient_split(Y, fs.patient_ids, args.n_folds, args.seed)
+    if args.folds == "reference":
+        return reference_rotation(len(fs), args.n_folds, args.seed)
+    if args.folds not in fs.table.columns:
+        raise FeatureError(
+            f"--folds {args.folds!r} is neither 'patient', 'reference' nor a manifest column; "
+            f"columns: {', '.join(map(repr, fs.table.columns))}"
+        )
+    return column_split(fs.table[args.folds], args.folds)
+
+
+def _format_summary(results, fs: FeatureSet, split, out: Path) -> str:
+    head = f"{'label':<20} {'folds':>5}  {'AUROC median [min, max]':<24} {'AUROC mean ± sd':<16}"
+    lines = [
+        f"{fs.key} / {fs.feature}: {len(fs)} images ({fs.excluded} excluded), "
+        f"{split.kind} split, {len(split)} rounds",
+        head + f"  {'AUPRC median [min, max]':<24}",
+    ]
+    for label, part in results.groupby("label", sort=True):
+        lines.append(
+            f"{label:<20} {len(part):>5}  {format_median_range(part['auroc']):<24} "
+            f"{format_mean_sd(part['auroc']):<16}  {format_median_range(part['auprc']):<24}"
+        )
+    lines.append(f"written to {out}/")
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> int:
+    print(f"probes: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
