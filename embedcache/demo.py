@@ -1,9 +1,10 @@
 """``embedcache demo``: an offline end-to-end run on a synthetic cohort.
 
 Generates a phantom cohort (DICOM and PNG, planted labels and masks), extracts it with a
-randomly initialised DINOv2-small (the real architecture, no download), verifies the store and
-prints where everything is. The embeddings of a random encoder mean nothing; the demo shows the
-machinery, not a result.
+randomly initialised DINOv2-small (the real architecture, no download), verifies the store, then
+runs the two probes on it with patient-level folds: a logistic-regression probe for the
+pneumothorax and cardiomegaly labels and a segmentation probe for the heart mask. The
+embeddings of a random encoder mean little; the demo shows the machinery, not a result.
 """
 
 from __future__ import annotations
@@ -52,5 +53,39 @@ def run_demo(
         f"{result.images_per_s:.1f} images/s, {summary['bytes_per_image'] / 1e3:.0f} kB/image"
     )
     print(f"verify    {'ok' if report.ok else 'FAILED: ' + '; '.join(report.problems)}")
-    print(f"next      embedcache info {store_path}")
+    print()
+    run_probes(store_path, manifest, out)
+    print(f"\nnext      embedcache info {store_path}; results in {out / 'probes'}")
     return store_path
+
+
+def run_probes(store: Path, manifest: Path, out: Path) -> None:
+    """The command lines a user would type next, run in-process."""
+    from probes.cli import main as probes_main
+
+    common = [str(store), "--manifest", str(manifest), "--n-boot", "200"]
+    probes_main(
+        [
+            "linear",
+            *common,
+            "--label",
+            "pneumothorax",
+            "--label",
+            "cardiomegaly",
+            "--out",
+            str(out / "probes" / "linear"),
+        ]
+    )
+    print()
+    probes_main(
+        [
+            "seg",
+            *common,
+            "--mask",
+            "heart_mask",
+            "--epochs",
+            "20",
+            "--out",
+            str(out / "probes" / "seg-heart"),
+        ]
+    )
