@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,15 +23,9 @@ import numpy as np
 
 from probes.features import FeatureError, FeatureSet
 from probes.metrics import format_mean_sd, format_median_range
-from probes.results import cross_predict, results_table, summary_table, write_table
-from probes.splits import (
-    REFERENCE_SEED,
-    LeakageError,
-    check_no_leakage,
-    column_split,
-    patient_split,
-    reference_rotation,
-)
+from probes.results import cross_predict, results_table, summary_table
+from probes.runs import make_split, open_features, write_run
+from probes.splits import REFERENCE_SEED, LeakageError
 
 __all__ = ["COMMANDS", "PLUGINS", "build_parser", "main", "run_linear"]
 
@@ -126,22 +119,9 @@ def run_linear(args: argparse.Namespace) -> int:
     from probes.backends import resolve_backend
     from probes.linear import LinearProbe, SGDHeadProbe
 
-    fs = FeatureSet.open(
-        args.store,
-        args.manifest,
-        args.encoder,
-        args.feature,
-        root=args.root,
-        allow_subset=args.allow_subset,
-    )
+    fs = open_features(args, args.feature)
     Y, positives = _binary_labels(fs, args.label)
-    split = _make_split(fs, args, Y)
-    try:
-        check_no_leakage(split, fs.patient_ids)
-    except LeakageError as exc:
-        if not args.allow_leakage:
-            raise
-        print(f"warning: {exc}", file=sys.stderr)
+    split = make_split(fs, args, strata=Y)
     X = fs.load()
     if X.ndim > 2:  # a grid: average over its patches
         X = X.reshape(len(X), -1, X.shape[-1]).mean(axis=1)
@@ -167,31 +147,19 @@ def run_linear(args: argparse.Namespace) -> int:
         )
     results = results_table(predictions, n_boot=args.n_boot, seed=args.seed)
     summary = summary_table(results)
-    out = Path(args.out)
-    write_table(predictions, out / f"predictions.{args.format}")
-    write_table(results, out / "results.csv")
-    write_table(summary, out / "summary.csv")
-    folds = split.assignments()
-    folds.insert(0, "patient_id", fs.patient_ids)
-    folds.insert(0, "image_id", fs.ids)
-    write_table(folds, out / "folds.csv")
-    run = {
-        "store": str(Path(args.store).resolve()),
-        "encoder": fs.key,
-        "feature": fs.feature,
-        "manifest": str(fs.manifest.source),
-        "manifest_digest": fs.manifest.digest(),
-        "rows": len(fs),
-        "excluded": fs.excluded_reasons,
-        "labels": args.label,
-        "positive_class": positives,
-        "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
-        "probe": type(probe).__name__,
-        "params": probe.get_params(),
-        "backend": backend,
-        "seed": args.seed,
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
+    out = write_run(
+        args,
+        fs,
+        split,
+        probe,
+        predictions,
+        results,
+        summary,
+        feature=fs.feature,
+        labels=args.label,
+        positive_class=positives,
+        backend=backend,
+    )
     print(_format_summary(results, fs, split, out))
     return 0
 
@@ -210,19 +178,6 @@ def _binary_labels(fs: FeatureSet, columns: list[str]) -> tuple[np.ndarray, dict
         columns_out.append((values == classes[1]).astype(np.int64))
         positives[column] = classes[1].item() if hasattr(classes[1], "item") else classes[1]
     return np.column_stack(columns_out), positives
-
-
-def _make_split(fs: FeatureSet, args: argparse.Namespace, Y: np.ndarray):
-    if args.folds == "patient":
-        return patient_split(Y, fs.patient_ids, args.n_folds, args.seed)
-    if args.folds == "reference":
-        return reference_rotation(len(fs), args.n_folds, args.seed)
-    if args.folds not in fs.table.columns:
-        raise FeatureError(
-            f"--folds {args.folds!r} is neither 'patient', 'reference' nor a manifest column; "
-            f"columns: {', '.join(map(repr, fs.table.columns))}"
-        )
-    return column_split(fs.table[args.folds], args.folds)
 
 
 def _format_summary(results, fs: FeatureSet, split, out: Path) -> str:

@@ -25,6 +25,7 @@ from probes.splits import Split
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "ROW_COLUMNS",
     "cross_predict",
     "read_table",
     "results_table",
@@ -32,12 +33,10 @@ __all__ = [
     "write_table",
 ]
 
+#: The columns that identify a row of a predictions table (linear and segmentation alike).
+ROW_COLUMNS = ("image_id", "patient_id", "round", "fold", "split")
 PREDICTION_COLUMNS = (
-    "image_id",
-    "patient_id",
-    "round",
-    "fold",
-    "split",
+    *ROW_COLUMNS,
     "label",
     "truth",
     "score",

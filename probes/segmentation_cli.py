@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from probes.masks import PackedMasks, load_masks
+from probes.results import ROW_COLUMNS
 from probes.seg_metrics import (
     BothEmpty,
     bootstrap_ci,
@@ -43,11 +44,7 @@ from probes.segmentation import (
 __all__ = ["cross_validate_segmentation", "register", "results_by_round", "run_segmentation"]
 
 PREDICTION_COLUMNS = (
-    "image_id",
-    "patient_id",
-    "round",
-    "fold",
-    "split",
+    *ROW_COLUMNS,
     "dice",
     "iou",
     "tp",
@@ -305,40 +302,14 @@ def _probe_from_args(args: argparse.Namespace) -> SegmentationProbe:
     )
 
 
-def _make_split(fs: Any, args: argparse.Namespace, masks: PackedMasks):
-    from probes.splits import column_split, patient_split, reference_rotation
-
-    if args.folds == "patient":
-        non_empty = (masks.area() > 0).astype(np.int64)
-        return patient_split(non_empty, fs.patient_ids, args.n_folds, args.seed)
-    if args.folds == "reference":
-        return reference_rotation(len(fs), args.n_folds, args.seed)
-    if args.folds not in fs.table.columns:
-        raise ValueError(
-            f"--folds {args.folds!r} is neither 'patient', 'reference' nor a manifest column; "
-            f"columns: {', '.join(map(repr, fs.table.columns))}"
-        )
-    return column_split(fs.table[args.folds], args.folds)
-
-
 def run_segmentation(args: argparse.Namespace) -> int:
     """``probes seg``: masks, split, cross-fit, write tables, print Dice per fold."""
     from tqdm import tqdm
 
-    from probes.features import FeatureSet
-    from probes.results import write_table
-    from probes.splits import LeakageError, check_no_leakage
+    from probes.runs import make_split, open_features, write_run
 
     probe = _probe_from_args(args)
-    names = grid_names(probe.grid)
-    fs = FeatureSet.open(
-        args.store,
-        args.manifest,
-        args.encoder,
-        names[0],
-        root=args.root,
-        allow_subset=args.allow_subset,
-    )
+    fs = open_features(args, grid_names(probe.grid)[0])
     grid16 = fs.group.layout.grid_shapes[16]
     mask_size = _size(args.mask_size, "--mask-size") or (4 * grid16[0], 4 * grid16[1])
     masks = load_masks(
@@ -351,13 +322,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
         width_column=args.width_column,
         progress=not args.quiet,
     )
-    split = _make_split(fs, args, masks)
-    try:
-        check_no_leakage(split, fs.patient_ids)
-    except LeakageError as exc:
-        if not args.allow_leakage:
-            raise
-        print(f"warning: {exc}", file=sys.stderr)
+    split = make_split(fs, args, strata=(masks.area() > 0).astype(np.int64))
     with tqdm(total=len(split), desc=f"probes seg {fs.key}", disable=args.quiet) as bar:
         predictions = cross_validate_segmentation(
             probe,
@@ -374,32 +339,20 @@ def run_segmentation(args: argparse.Namespace) -> int:
     summary = pd.concat(
         [summarize_folds(test, m, fold="round").assign(metric=m) for m in ("dice", "iou")]
     )
-    out = Path(args.out)
-    write_table(predictions, out / f"predictions.{args.format}")
-    write_table(results, out / "results.csv")
-    write_table(summary, out / "summary.csv")
-    folds = split.assignments()
-    folds.insert(0, "patient_id", fs.patient_ids)
-    folds.insert(0, "image_id", fs.ids)
-    write_table(folds, out / "folds.csv")
-    run = {
-        "store": str(Path(args.store).resolve()),
-        "encoder": fs.key,
-        "grid": probe.grid,
-        "manifest": str(fs.manifest.source),
-        "manifest_digest": fs.manifest.digest(),
-        "rows": len(fs),
-        "excluded": fs.excluded_reasons,
-        "mask": args.mask,
-        "mask_kind": args.mask_format,
-        "mask_size": list(mask_size),
-        "both_empty": args.both_empty,
-        "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
-        "probe": type(probe).__name__,
-        "params": probe.get_params(),
-        "seed": args.seed,
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")
+    out = write_run(
+        args,
+        fs,
+        split,
+        probe,
+        predictions,
+        results,
+        summary,
+        grid=probe.grid,
+        mask=args.mask,
+        mask_kind=args.mask_format,
+        mask_size=list(mask_size),
+        both_empty=args.both_empty,
+    )
     print(format_results(results, fs, split, out, mask_size))
     return 0
 

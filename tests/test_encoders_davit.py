@@ -18,7 +18,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -34,6 +33,8 @@ from embedcache.encoders.medimageinsight import build_davit
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 from embedcache.intake.images import read_image
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
+
 NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: Small DaViT whose maps (28, 14, 7, 4 at 112 px) all need window padding (window 5).
@@ -48,6 +49,7 @@ SMALL = dict(
     patch_prenorm=(False, True, True, True),
     window_size=5,
 )
+
 #: The release's config.yaml SPEC, shrunk (window 12 at 480 px: maps 120, 60, 30, 15).
 TINY_SPEC = {
     "DIM_EMBED": [16, 32, 48, 64],
@@ -63,13 +65,6 @@ TINY_SPEC = {
     "ENABLE_CHECKPOINT": True,
 }
 TINY_PROJECTION = 24
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache, whatever the machine has."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
 def seeded_state(model: torch.nn.Module, seed: int) -> tuple[dict, torch.Generator]:

@@ -6,7 +6,6 @@ Every checkpoint here is a tiny random instance of the real transformers class, 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,29 +14,21 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from helpers import put_in_hub_cache, save_tiny_dinov2
 from transformers import (
-    Dinov2Config,
     Dinov2Model,
-    Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
 )
 
 from embedcache.encoders import Preprocessing, build_encoder, resolve_preset
 from embedcache.encoders.hf_loading import WeightsUnavailableError
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    mlp_ratio=2,
-    patch_size=14,
-    image_size=56,
-)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
+
 RAD_DINO_PROCESSOR = {
     "image_processor_type": "BitImageProcessor",
     "do_resize": True,
@@ -53,28 +44,11 @@ RAD_DINO_PROCESSOR = {
 }
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache, whatever the machine has."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-
 def save_tiny(folder: Path, *, registers: int = 0, seed: int = 0) -> Path:
     """A tiny random DINOv2 (with ``registers`` register tokens) saved like a hub checkpoint."""
-    if registers:
-        model = Dinov2WithRegistersModel(
-            Dinov2WithRegistersConfig(**TINY, num_register_tokens=registers)
-        )
-    else:
-        model = Dinov2Model(Dinov2Config(**TINY))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for p in model.parameters():  # non-trivial values everywhere (layer norms, layer scale)
-            p.data.normal_(0.0, 0.5)
-    model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(RAD_DINO_PROCESSOR))
-    return folder
+    return save_tiny_dinov2(
+        folder, seed, registers=registers, std=0.5, processor=RAD_DINO_PROCESSOR
+    )
 
 
 @pytest.fixture(scope="module")
@@ -274,10 +248,7 @@ def test_weights_id_identifies_the_checkpoint(checkpoints, tmp_path):
 
 def test_hub_id_loads_from_the_cache_with_its_commit(checkpoints, tmp_path):
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf-cache" / "models--facebook--dinov2-small"
-    shutil.copytree(checkpoints["plain"], repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    put_in_hub_cache(checkpoints["plain"], "facebook/dinov2-small", tmp_path / "hf-cache", commit)
     enc = build_encoder("dinov2-small")  # the preset's own source, offline, from the cache
     assert enc.weights_id == {"hub": "facebook/dinov2-small", "revision": commit}
     assert enc.grid_specs[16].shape == (16, 16, 32)

@@ -12,16 +12,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from helpers import put_in_hub_cache, randomise, save_hf_checkpoint
 
 from embedcache.encoders import Preprocessing, build_encoder, resolve_preset
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from embedcache.encoders.hf_generic import preprocessing_from_processor
 from embedcache.encoders.hf_loading import WeightsUnavailableError
+
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
 BLOCK = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 TEXT = dict(
@@ -96,21 +98,8 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-
 def save_tiny(folder: Path, name: str, seed: int = 0) -> Path:
-    model = _model(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for p in model.parameters():
-            p.data.normal_(0.0, 0.2)
-    model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(CASES[name][0]))
-    return folder
+    return save_hf_checkpoint(randomise(_model(name), seed), folder, CASES[name][0])
 
 
 @pytest.fixture(scope="module")
@@ -254,13 +243,8 @@ def test_clear_errors(folders, tmp_path):
 
 
 def test_hub_id_resolves_through_the_cache(folders, tmp_path):
-    import shutil
-
     commit = "fedcba9876543210fedcba9876543210fedcba98"
-    repo = tmp_path / "hf-cache" / "models--org--tiny-clip"
-    shutil.copytree(folders["clip"], repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    put_in_hub_cache(folders["clip"], "org/tiny-clip", tmp_path / "hf-cache", commit)
     enc = build_encoder("hf:org/tiny-clip")
     assert enc.preset.source == "org/tiny-clip"
     assert enc.preprocessing.mean == pytest.approx(tuple(CLIP_LIKE["image_mean"]))

@@ -17,7 +17,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import numpy as np
 import open_clip
 import pytest
@@ -30,6 +29,8 @@ from embedcache.encoders import GridSpec, Preprocessing, build_encoder, resolve_
 from embedcache.encoders._weights import CheckpointError
 from embedcache.encoders.hf_loading import WeightsUnavailableError
 from embedcache.intake.images import read_image
+
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
 NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,13 +55,6 @@ TINY_NATIVE = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": TINY_TEXT,
 }
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache, whatever the machine has."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
 def tiny_clip(model_cfg: dict, seed: int) -> torch.nn.Module:

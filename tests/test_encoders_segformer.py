@@ -7,7 +7,6 @@ segmentation model as on the hub, and the encoder alone) saved with ``save_pretr
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 import transformers
-from test_encoders_siglip import adapter_input, library_pixels, offline, randomise, shared_data
+from helpers import adapter_input, library_pixels, randomise, save_hf_checkpoint
 from transformers import AutoImageProcessor
 
 from embedcache.encoders import build_encoder, resolve_preset
@@ -24,7 +23,7 @@ from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from embedcache.encoders.hf_loading import WeightsUnavailableError
 from embedcache.intake import read_image
 
-__all__ = ["offline", "shared_data"]  # fixtures shared with the SigLIP tests
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
 #: MiT-B4's layout (four stages, overlapping patch embeddings 7/4 then 3/2), tiny widths.
 TINY = dict(
@@ -58,9 +57,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     for seed, (layout, make) in enumerate(LAYOUTS.items()):
         folder = root / layout
         model = make(transformers.SegformerConfig(**TINY, num_labels=150))
-        randomise(model, seed).save_pretrained(folder)
-        (folder / "preprocessor_config.json").write_text(json.dumps(ADE_PROCESSOR))
-        folders[layout] = folder
+        folders[layout] = save_hf_checkpoint(randomise(model, seed), folder, ADE_PROCESSOR)
     return folders
 
 

@@ -16,18 +16,26 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from helpers import (
+    adapter_input,
+    library_pixels,
+    put_in_hub_cache,
+    randomise,
+    save_hf_checkpoint,
+)
 from transformers import AutoImageProcessor
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
 from embedcache.encoders import build_encoder, resolve_preset
 from embedcache.encoders.hf_loading import WeightsUnavailableError
 from embedcache.intake import read_image
+
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 TEXT = dict(
@@ -75,56 +83,6 @@ CASES = {
 LAYOUTS = ("full", "vision")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache, whatever the machine has."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """The real chest X-ray samples beside the project (../shared/data), or skip."""
-    folder = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
-    if not folder.is_dir():
-        pytest.skip(f"real chest X-ray samples not found at {folder} (outside the shared setup)")
-    return folder
-
-
-def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial values in every parameter (layer norms and the pooling head included)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for p in model.parameters():
-            p.data.normal_(0.0, 0.2)
-    return model
-
-
-def adapter_input(encoder, image: np.ndarray) -> torch.Tensor:
-    """What the sealed ``Encoder.forward`` hands to ``encode`` for one grey image: ours
-    ``Preprocessing.prepare``, then the adapter's own normalisation, ``(1, 3, S, S)``."""
-    seen: list[torch.Tensor] = []
-    encode = encoder.encode
-
-    def spy(pixels: torch.Tensor):
-        seen.append(pixels)
-        return encode(pixels)
-
-    encoder.encode = spy
-    try:
-        with torch.inference_mode():
-            encoder(encoder.preprocessing.prepare(image)[None])
-    finally:
-        del encoder.encode
-    return seen[0]
-
-
-def library_pixels(processor, image: np.ndarray, **kwargs) -> dict:
-    """The library processor's output for a grey ``[0, 1]`` image given as three float channels."""
-    rgb = np.repeat(image[..., None], 3, axis=-1)
-    return processor(images=rgb, do_rescale=False, return_tensors="pt", **kwargs)
-
-
 def is_naflex(preset: str) -> bool:
     return "num_patches" in CASES[preset][0]
 
@@ -138,9 +96,7 @@ def save_tiny(folder: Path, preset: str, layout: str, seed: int = 0) -> Path:
         model = getattr(t, f"{prefix}Model")(config)
     else:
         model = getattr(t, f"{prefix}VisionModel")(getattr(t, f"{prefix}VisionConfig")(**vision))
-    randomise(model, seed).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
-    return folder
+    return save_hf_checkpoint(randomise(model, seed), folder, processor)
 
 
 @pytest.fixture(scope="module")
@@ -359,10 +315,8 @@ def test_not_cached_offline_says_the_same(monkeypatch):
 
 def test_hub_id_loads_from_the_cache_with_its_commit(checkpoints, tmp_path):
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hf-cache" / "models--google--medsiglip-448"
-    shutil.copytree(checkpoints["medsiglip-448", "full"], repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    folder = checkpoints["medsiglip-448", "full"]
+    put_in_hub_cache(folder, "google/medsiglip-448", tmp_path / "hf-cache", commit)
     enc = build_encoder("medsiglip-448")  # the preset's own source, offline, from the cache
     assert enc.weights_id == {"hub": "google/medsiglip-448", "revision": commit}
     assert enc.grid_specs[16].shape == (32, 32, 32)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
 import timm
@@ -33,6 +32,8 @@ from embedcache.encoders.hf_loading import WeightsUnavailableError
 from embedcache.encoders.timm_generic import timm_stages
 from embedcache.intake.images import read_image
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
+
 NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SWIN = "swin_large_patch4_window12_384"
@@ -41,13 +42,6 @@ SWIN = "swin_large_patch4_window12_384"
 TINY_SWIN = dict(
     img_size=768, window_size=12, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)
 )
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and an empty Hugging Face cache, whatever the machine has."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
 
 
 def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:

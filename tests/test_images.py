@@ -33,15 +33,6 @@ GDCM_MONO1 = "dicom/gdcm-CR-MONO1-10-chest.dcm"
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """The real chest X-ray samples beside the project (../shared/data), or skip."""
-    folder = (Path(__file__).parents[1] / ".." / "shared" / "data").resolve()
-    if not folder.is_dir():
-        pytest.skip(f"real chest X-ray samples not found at {folder} (outside the shared setup)")
-    return folder
-
-
 def write_dicom(
     path: Path,
     stored: np.ndarray,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import shared_file
 from PIL import Image
 from scipy import ndimage
 
@@ -19,18 +17,6 @@ from embedcache.intake.masks import (
     siim_rle_decode,
     siim_rle_encode,
 )
-
-SHARED_DATA = Path(
-    os.environ.get("EMBEDCACHE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-
-
-def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"real sample {relative} not found under {SHARED_DATA} (outside this setup)")
-    return path
-
 
 # 4 x 4 mask, row r / column c:
 #   . X . .

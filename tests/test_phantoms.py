@@ -3,7 +3,6 @@ and a pneumothorax signal that is really in the pixels."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from helpers import SHARED_DATA
 from PIL import Image
 from scipy import ndimage
 
@@ -25,9 +25,6 @@ from embedcache.phantoms import (
     render_phantom,
 )
 
-SHARED_DATA = Path(
-    os.environ.get("EMBEDCACHE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
 ALL_FORMATS = ("png", "png16", "dicom-mono2", "dicom-mono1")
 SMALL = CohortSpec(n_patients=12, images_per_patient=(1, 3), size=128, formats=ALL_FORMATS, seed=3)
 

@@ -5,6 +5,7 @@
 * :func:`read_checkpoint`: a checkpoint FILE (``torch.save`` pickle or safetensors, told apart by
   content) as a flat ``{name: tensor}``, unwrapped from training wrappers. ``torch.load`` always
   runs with ``weights_only=True``: a checkpoint never runs code.
+* :func:`weight_file`: a checkpoint given as a file, or as a folder holding one.
 * :func:`hub_file`: one file of a Hugging Face hub repository through the local cache (offline
   when ``HF_HUB_OFFLINE`` is set), identified by repository, file and commit.
 * :func:`load_exact`: copy a state dict into a module; a missing or mis-shaped parameter is an
@@ -139,6 +140,16 @@ def find_weight_file(folder: Path, names: Iterable[str], patterns: Iterable[str]
         f"{str(folder)!r}: expected one weight file ({', '.join(patterns)}), found {listing}; "
         "pass the file itself"
     )
+
+
+def weight_file(location: str | Path, names: Iterable[str], patterns: Iterable[str]) -> Path:
+    """A checkpoint file, or the weight file of a folder (:func:`find_weight_file`), resolved."""
+    path = Path(location).expanduser().resolve()
+    if path.is_dir():
+        return find_weight_file(path, names, patterns)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(location)!r} does not exist")
+    return path
 
 
 def hub_file(repo_id: str, filename: str) -> tuple[Path, dict[str, Any]]:

@@ -15,11 +15,10 @@ between the CLS and the patch tokens and are dropped before the grid.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderPreset, Preprocessing
-from embedcache.encoders.hf_loading import load_model
+from embedcache.encoders.hf_loading import load_checked
 from embedcache.encoders.hf_vit import HFViTEncoder
 from embedcache.encoders.registry import (
     LoadOptions,
@@ -27,8 +26,6 @@ from embedcache.encoders.registry import (
     register_family,
     register_preset,
 )
-
-log = logging.getLogger(__name__)
 
 FAMILY = "hf-dinov2"
 #: Architecture fields compared between a preset and the checkpoint loaded under its name.
@@ -146,29 +143,13 @@ def build_dinov2(
 
     model_type = preset.arch["model_type"]
     model_cls = getattr(transformers, MODEL_CLASSES[model_type])
-    model, weights_id, missing = load_model(model_cls, preset.arch, source, options)
-    found = model.config.model_type
-    if found != model_type:
-        raise ValueError(
-            f"{source.location!r} holds a {found!r} model; preset {preset.name!r} needs "
-            f"{model_type!r} (use the matching preset or the spec hf:<folder>)"
-        )
-    if missing:
-        raise ValueError(
-            f"{source.location!r} lacks {len(missing)} parameters of {model_cls.__name__} "
-            f"(e.g. {sorted(missing)[:3]}): not a {model_type} checkpoint"
-        )
-    differs = {
-        k: (preset.arch[k], getattr(model.config, k, None))
-        for k in _CHECKED_FIELDS
-        if k in preset.arch and getattr(model.config, k, None) != preset.arch[k]
-    }
-    if differs and source.kind != "none":
-        log.warning(
-            "weights %s differ from preset %s in %s (preset, checkpoint); using the checkpoint's",
-            source.location,
-            preset.name,
-            differs,
-        )
+    model, weights_id = load_checked(
+        model_cls,
+        preset.arch,
+        source,
+        options,
+        accepts={model_type},
+        checked_fields=_CHECKED_FIELDS,
+    )
     registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
     return HFViTEncoder(preset, model, weights_id, expected_prefix=1 + registers)

@@ -124,58 +124,70 @@ def siglip_arch(
     return arch
 
 
-def _square(size: int, interpolation: Interpolation) -> Preprocessing:
-    """A SigLIP processor: stretch to size x size, mean/std 0.5."""
-    return Preprocessing(size, SIGLIP_MEAN, SIGLIP_STD, "resize", interpolation)
+def _register(
+    *,
+    name: str,
+    source: str,
+    arch: dict[str, Any],
+    size: int,
+    interpolation: Interpolation,
+    description: str,
+    license: str,
+) -> None:
+    """Register a SigLIP preset: its processor stretches to ``size`` x ``size`` with mean/std 0.5,
+    and the global vector is the attention-pool head's ``pooler_output``."""
+    register_preset(
+        EncoderPreset(
+            name=name,
+            family=FAMILY,
+            source=source,
+            preprocessing=Preprocessing(size, SIGLIP_MEAN, SIGLIP_STD, "resize", interpolation),
+            arch=arch,
+            description=description,
+            license=license,
+            options={"global": "pooler"},
+        )
+    )
 
 
-_PRESETS = [
-    EncoderPreset(
-        name="medsiglip-448",
-        family=FAMILY,
-        source="google/medsiglip-448",
-        preprocessing=_square(448, "bilinear"),
-        arch=siglip_arch(SO400M, 14, image_size=448),
-        description="MedSigLIP: SigLIP So400m/14 tuned on medical images (gated), 448 px; "
-        "grid 32x32x1152 (stride 14)",
-        license="Health AI Developer Foundations terms of use (gated: accept on the model page)",
-        options={"global": "pooler"},
-    ),
-    EncoderPreset(
-        name="siglip2-so400m-512",
-        family=FAMILY,
-        source="google/siglip2-so400m-patch16-512",
-        preprocessing=_square(512, "bilinear"),
-        arch=siglip_arch(SO400M, 16, image_size=512),
-        description="SigLIP 2 So400m/16, fixed resolution, 512 px; grid 32x32x1152",
-        license="Apache-2.0",
-        options={"global": "pooler"},
-    ),
-    EncoderPreset(
-        name="siglip2-so400m-naflex-512",
-        family=FAMILY,
-        source="google/siglip2-so400m-patch16-naflex",
-        preprocessing=_square(512, "bilinear"),
-        arch=siglip_arch(SO400M, 16, num_patches=256),
-        description="SigLIP 2 So400m/16 NaFlex fed a fixed 512x512 image (1024 patches); "
-        "grid 32x32x1152",
-        license="Apache-2.0",
-        options={"global": "pooler"},
-    ),
-    EncoderPreset(
-        name="chexagent",
-        family=FAMILY,
-        source="StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
-        preprocessing=_square(512, "bicubic"),
-        arch=siglip_arch(VIT_LARGE, 16, image_size=512),
-        description="CheXagent's vision tower (XraySigLIP, SigLIP ViT-L/16), 512 px; "
-        "grid 32x32x1024",
-        license="see the model page",
-        options={"global": "pooler"},
-    ),
-]
-for _preset in _PRESETS:
-    register_preset(_preset)
+_register(
+    name="medsiglip-448",
+    source="google/medsiglip-448",
+    arch=siglip_arch(SO400M, 14, image_size=448),
+    size=448,
+    interpolation="bilinear",
+    description="MedSigLIP: SigLIP So400m/14 tuned on medical images (gated), 448 px; "
+    "grid 32x32x1152 (stride 14)",
+    license="Health AI Developer Foundations terms of use (gated: accept on the model page)",
+)
+_register(
+    name="siglip2-so400m-512",
+    source="google/siglip2-so400m-patch16-512",
+    arch=siglip_arch(SO400M, 16, image_size=512),
+    size=512,
+    interpolation="bilinear",
+    description="SigLIP 2 So400m/16, fixed resolution, 512 px; grid 32x32x1152",
+    license="Apache-2.0",
+)
+_register(
+    name="siglip2-so400m-naflex-512",
+    source="google/siglip2-so400m-patch16-naflex",
+    arch=siglip_arch(SO400M, 16, num_patches=256),
+    size=512,
+    interpolation="bilinear",
+    description="SigLIP 2 So400m/16 NaFlex fed a fixed 512x512 image (1024 patches); "
+    "grid 32x32x1152",
+    license="Apache-2.0",
+)
+_register(
+    name="chexagent",
+    source="StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
+    arch=siglip_arch(VIT_LARGE, 16, image_size=512),
+    size=512,
+    interpolation="bicubic",
+    description="CheXagent's vision tower (XraySigLIP, SigLIP ViT-L/16), 512 px; grid 32x32x1024",
+    license="see the model page",
+)
 
 
 class NaFlexFixedGrid(nn.Module):

@@ -47,11 +47,11 @@ from embedcache.encoders._multiscale import (
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
-    find_weight_file,
     hub_file,
     load_exact,
     local_identity,
     read_checkpoint,
+    weight_file,
 )
 from embedcache.encoders.base import EncoderPreset, Preprocessing
 from embedcache.encoders.registry import (
@@ -219,13 +219,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _local_files(location: str) -> tuple[Path, Path | None]:
     """``(weights file, open_clip_config.json or None)`` of a local file or folder."""
-    path = Path(location).expanduser().resolve()
-    if path.is_dir():
-        weights = find_weight_file(path, WEIGHT_NAMES, WEIGHT_PATTERNS)
-    elif path.is_file():
-        weights = path
-    else:
-        raise FileNotFoundError(f"weights {location!r} do not exist")
+    weights = weight_file(location, WEIGHT_NAMES, WEIGHT_PATTERNS)
     config = weights.parent / CONFIG_FILE
     return weights, config if config.is_file() else None
 

@@ -41,11 +41,11 @@ from embedcache.encoders._multiscale import (
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
-    find_weight_file,
     hub_file,
     load_exact,
     local_identity,
     read_checkpoint,
+    weight_file,
 )
 from embedcache.encoders.base import EncoderPreset, Preprocessing
 from embedcache.encoders.registry import (
@@ -136,12 +136,7 @@ def timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, t
 
 def checkpoint_path(location: str | Path) -> Path:
     """A checkpoint file, or the one weight file of a folder (see :data:`WEIGHT_NAMES`)."""
-    path = Path(location).expanduser().resolve()
-    if path.is_dir():
-        return find_weight_file(path, WEIGHT_NAMES, WEIGHT_PATTERNS)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(location)!r} does not exist")
-    return path
+    return weight_file(location, WEIGHT_NAMES, WEIGHT_PATTERNS)
 
 
 def timm_hub_checkpoint(repo_id: str) -> tuple[Path, dict[str, Any]]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from probes.backends.path import PathResult, Preconditioner, logistic_path, sketch_rows
-
-#: Relative precision of the objective's value when the products run in this dtype.
-VALUE_NOISE = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+from probes.backends.path import (
+    VALUE_NOISE,
+    PathResult,
+    Preconditioner,
+    label_paths,
+    sketch_rows,
+)
 
 
 class NumpyObjective:
@@ -22,7 +25,7 @@ class NumpyObjective:
         self.X = X
         self.y = np.asarray(y, dtype=np.float64)
         self.n, self.d = X.shape
-        self.value_noise = VALUE_NOISE[X.dtype]
+        self.value_noise = VALUE_NOISE[X.dtype.name]
 
     def value_grad(self, w: np.ndarray, b: float) -> tuple[float, np.ndarray, float, float]:
         X, y = self.X, self.y
@@ -62,14 +65,6 @@ def fit_paths(
         raise ValueError(f"backend 'numpy' runs on the CPU only, not {device!r}; use 'torch'")
     X = np.ascontiguousarray(X, dtype=np.dtype(dtype))
     pre = preconditioner(X) if precondition else None
-    return [
-        logistic_path(
-            NumpyObjective(X, y),
-            Cs,
-            float(np.mean(y)),
-            tol=tol,
-            max_iter=max_iter,
-            preconditioner=pre,
-        )
-        for y in np.asarray(Y).T
-    ]
+    return label_paths(
+        lambda y: NumpyObjective(X, y), Y, Cs, tol=tol, max_iter=max_iter, preconditioner=pre
+    )

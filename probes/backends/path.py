@@ -23,6 +23,7 @@ The solution does not depend on the preconditioner, only the number of iteration
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +38,8 @@ POWER_STEPS = 2
 #: Leading eigenpairs modelled exactly when d is larger than twice this (else all of them).
 #: 128 was the fastest of 128/256 with 2/4 subspace steps on benchmarks/probe_linear.py.
 RANK = 128
+#: Relative precision of the objective's value when the data passes run in this dtype.
+VALUE_NOISE = {"float32": 2e-6, "float64": 1e-13}
 
 
 def sketch_rows(n: int, d: int) -> np.ndarray:
@@ -194,6 +197,30 @@ def logistic_path(
         coef[j], intercept[j] = w, b
         n_iter[j], converged[j] = result.n_iter, result.converged
     return PathResult(Cs, coef, intercept, n_iter, converged)
+
+
+def label_paths(
+    objective: Callable[[np.ndarray], DataObjective],
+    Y: np.ndarray,
+    Cs: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    preconditioner: Preconditioner | None = None,
+) -> list[PathResult]:
+    """One :func:`logistic_path` per column ``y`` of ``Y`` (n, k), on ``objective(y)``; the
+    preconditioner (a model of the features, not the labels) serves every column."""
+    return [
+        logistic_path(
+            objective(y),
+            Cs,
+            float(np.mean(y)),
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+        )
+        for y in np.asarray(Y).T
+    ]
 
 
 def _inf(v: np.ndarray) -> float:

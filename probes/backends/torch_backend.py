@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from probes.backends.path import PathResult, Preconditioner, logistic_path, sketch_rows
-
-VALUE_NOISE = {"float32": 2e-6, "float64": 1e-13}
+from probes.backends.path import (
+    VALUE_NOISE,
+    PathResult,
+    Preconditioner,
+    label_paths,
+    sketch_rows,
+)
 
 
 def _torch():
@@ -76,14 +80,11 @@ def fit_paths(
         sketch = Xt[torch.as_tensor(sketch_rows(*Xt.shape), device=Xt.device)]
         gram = ((sketch.T @ sketch) / sketch.shape[0]).cpu().numpy()
         pre = Preconditioner.from_gram(gram)
-    return [
-        logistic_path(
-            TorchObjective(Xt, y, dtype),
-            Cs,
-            float(np.mean(y)),
-            tol=tol,
-            max_iter=max_iter,
-            preconditioner=pre,
-        )
-        for y in np.asarray(Y).T
-    ]
+    return label_paths(
+        lambda y: TorchObjective(Xt, y, dtype),
+        Y,
+        Cs,
+        tol=tol,
+        max_iter=max_iter,
+        preconditioner=pre,
+    )

@@ -1,0 +1,131 @@
+"""Plain functions and constants shared by the tests (fixtures live in conftest.py).
+
+Imported as ``helpers``: pytest puts this folder on ``sys.path`` (its default ``prepend`` import
+mode; the tests are not a package), from the repository root and from ``make test`` alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+#: The real chest X-ray samples beside the project (``../shared/data``), or
+#: ``$EMBEDCACHE_TEST_DATA``.
+SHARED_DATA = Path(
+    os.environ.get("EMBEDCACHE_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+#: A tiny DINOv2 of the real architecture: 56 px input, 4x4 grid16, 2x2 grid32, 32 channels.
+TINY_DINOV2 = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    mlp_ratio=2,
+    patch_size=14,
+    image_size=56,
+)
+#: Its ``preprocessor_config.json``: a BitImageProcessor at 56 px.
+TINY_PROCESSOR = {
+    "image_processor_type": "BitImageProcessor",
+    "do_resize": True,
+    "size": {"shortest_edge": 56},
+    "do_center_crop": True,
+    "crop_size": {"height": 56, "width": 56},
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.25, 0.25, 0.25],
+    "resample": 3,
+}
+
+
+def shared_file(relative: str) -> Path:
+    """A file of :data:`SHARED_DATA`, or skip the test when it is not there."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real sample {relative} not found under {SHARED_DATA} (outside this setup)")
+    return path
+
+
+def randomise(model: torch.nn.Module, seed: int, std: float = 0.2) -> torch.nn.Module:
+    """Non-trivial values in every parameter (layer norms, layer scale and pooling heads
+    included), drawn from ``seed`` inside a forked RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for p in model.parameters():
+            p.data.normal_(0.0, std)
+    return model
+
+
+def save_hf_checkpoint(model: Any, folder: Path, processor: Mapping[str, Any]) -> Path:
+    """``model.save_pretrained(folder)`` beside a ``preprocessor_config.json``: the hub layout."""
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+def put_in_hub_cache(folder: Path, repo_id: str, cache: Path, commit: str) -> None:
+    """Lay ``folder`` out in the Hugging Face cache ``cache`` as snapshot ``commit`` of hub
+    repository ``repo_id``, with ``main`` pointing at it (what a download would leave)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def save_tiny_dinov2(
+    folder: Path,
+    seed: int = 0,
+    *,
+    registers: int = 0,
+    std: float = 0.2,
+    processor: Mapping[str, Any] = TINY_PROCESSOR,
+) -> Path:
+    """A random :data:`TINY_DINOV2` (with ``registers`` register tokens) saved like a hub
+    checkpoint."""
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
+
+    if registers:
+        config = Dinov2WithRegistersConfig(**TINY_DINOV2, num_register_tokens=registers)
+        model = Dinov2WithRegistersModel(config)
+    else:
+        model = Dinov2Model(Dinov2Config(**TINY_DINOV2))
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_hf_checkpoint(randomise(model, seed, std), folder, processor)
+
+
+def adapter_input(encoder, image: np.ndarray) -> torch.Tensor:
+    """What the sealed ``Encoder.forward`` hands to ``encode`` for one grey image: ours
+    ``Preprocessing.prepare``, then the adapter's own normalisation, ``(1, 3, S, S)``."""
+    seen: list[torch.Tensor] = []
+    encode = encoder.encode
+
+    def spy(pixels: torch.Tensor):
+        seen.append(pixels)
+        return encode(pixels)
+
+    encoder.encode = spy
+    try:
+        with torch.inference_mode():
+            encoder(encoder.preprocessing.prepare(image)[None])
+    finally:
+        del encoder.encode
+    return seen[0]
+
+
+def library_pixels(processor, image: np.ndarray, **kwargs) -> dict:
+    """The library processor's output for a grey ``[0, 1]`` image given as three float channels."""
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    return processor(images=rgb, do_rescale=False, return_tensors="pt", **kwargs)
