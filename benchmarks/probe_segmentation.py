@@ -119,7 +119,7 @@ def time_epoch(work: Path, n: int, side: int, repeats: int) -> None:
     # batch count: what an epoch costs when a spare core hides the reads completely.
     import torch
 
-    from probes.segmentation import _LinearGridHead
+    from probes.seg_head import _LinearGridHead
 
     held = list(itertools.islice(probe._stream(grids, batches[:8], masks.take), 8))
     head = _LinearGridHead(grids.shapes, 2, masks.shape, True, torch.Generator().manual_seed(0))

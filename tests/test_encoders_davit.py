@@ -23,6 +23,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 import yaml
+from helpers import shared_file
 from safetensors.torch import save_file
 
 from embedcache.encoders import GridSpec, Preprocessing, build_encoder, resolve_preset
@@ -35,7 +36,7 @@ from embedcache.intake.images import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
-NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
+NIH_IMAGE = "nih/00000001_000.png"  # under ../shared/data (helpers.SHARED_DATA)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 #: Small DaViT whose maps (28, 14, 7, 4 at 112 px) all need window padding (window 5).
 SMALL = dict(
@@ -292,7 +293,7 @@ def test_preprocessing_equals_the_study_transform():
     transform = T.Compose(
         [T.Resize((480, 480), interpolation=T.InterpolationMode.BICUBIC), T.Normalize(*IMAGENET)]
     )
-    image = read_image(NIH_IMAGE)
+    image = read_image(shared_file(NIH_IMAGE))
     for crop in (image, image[:, :400]):  # square and non-square: both stretched to 480 x 480
         tensor = torch.from_numpy(np.ascontiguousarray(crop))[None].expand(3, -1, -1)
         x = pp.prepare(crop)[None].expand(-1, 3, -1, -1)

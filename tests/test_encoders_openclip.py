@@ -22,6 +22,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import shared_file
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
@@ -32,7 +33,7 @@ from embedcache.intake.images import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
-NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
+NIH_IMAGE = "nih/00000001_000.png"  # under ../shared/data (helpers.SHARED_DATA)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TINY_TEXT = {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -164,7 +165,7 @@ def test_biomedclip_preset_is_the_reference_model():
     preset = resolve_preset("biomedclip")
     assert preset.source == "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     assert preset.preprocessing == Preprocessing(
-        224, CLIP_MEAN, CLIP_STD, resize="crop", interpolation="bicubic"
+        224, CLIP_MEAN, CLIP_STD, resize="crop", interpolation="bicubic", crop_rounding="round"
     )
     vision = preset.arch["vision_cfg"]
     assert preset.arch["embed_dim"] == 512
@@ -184,9 +185,11 @@ def test_preprocessing_equals_open_clip_transform():
     preset = resolve_preset("biomedclip")
     cfg = PreprocessCfg(size=224, mean=CLIP_MEAN, std=CLIP_STD)  # + defaults: bicubic, shortest
     transform = image_transform_v2(cfg, is_train=False)
-    image = read_image(NIH_IMAGE)
+    image = read_image(shared_file(NIH_IMAGE))
     pp = preset.preprocessing
-    for crop in (image, image[:, :396]):  # square, and non-square with an even crop margin
+    # Square; non-square with an even crop margin; and with margin 39 (263 - 224), where
+    # torchvision's half-to-even rounding puts the window 1 px lower than a floor would.
+    for crop in (image, image[:, :396], image[:, :435]):
         tensor = torch.from_numpy(np.ascontiguousarray(crop))[None].expand(3, -1, -1)
         mine = normalise(pp.prepare(crop)[None], pp.mean, pp.std)[0]
         torch.testing.assert_close(mine, transform(tensor), rtol=0, atol=1e-5)
@@ -215,7 +218,9 @@ def native_tiny(tmp_path_factory):
 def test_open_clip_spec_with_a_config_name(native_tiny):
     model, checkpoint = native_tiny
     enc = build_encoder(f"open_clip:{TINY_NATIVE_NAME}@{checkpoint}")
-    assert enc.preprocessing == Preprocessing(64, CLIP_MEAN, CLIP_STD, resize="crop")
+    assert enc.preprocessing == Preprocessing(
+        64, CLIP_MEAN, CLIP_STD, resize="crop", crop_rounding="round"
+    )
     assert enc.grid_specs == {16: GridSpec(8, (8, 8, 32)), 32: GridSpec(16, (4, 4, 32))}
     assert enc.global_dim == 16 and enc.weights_id["entry"] == "state_dict"
     pixels = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(4))

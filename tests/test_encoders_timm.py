@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -21,6 +20,7 @@ import pytest
 import timm
 import torch
 import torchvision.transforms as T
+from helpers import shared_file
 from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
@@ -34,7 +34,7 @@ from embedcache.intake.images import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
-NIH_IMAGE = Path("/work/shared/data/nih/00000001_000.png")
+NIH_IMAGE = "nih/00000001_000.png"  # under ../shared/data (helpers.SHARED_DATA)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SWIN = "swin_large_patch4_window12_384"
 #: A tiny Swin at Ark+'s input size and window: stage maps 192, 96, 48, 24; shifted blocks in
@@ -205,7 +205,7 @@ def test_ark_plus_preset_is_the_reference_architecture():
 
 
 def nih_tensor() -> tuple[np.ndarray, torch.Tensor]:
-    image = read_image(NIH_IMAGE)
+    image = read_image(shared_file(NIH_IMAGE))
     return image, torch.from_numpy(image)[None].expand(3, -1, -1).contiguous()
 
 
@@ -244,13 +244,8 @@ def test_preprocessing_equals_timm_transform(spec, data_config):
     )
 
 
-@pytest.mark.xfail(
-    reason="base.Preprocessing centre-crops at floor((h - S) / 2) as Hugging Face processors do; "
-    "torchvision (timm, open_clip) rounds (h - S) / 2 half-to-even: a 1 px shift when the margin "
-    "is odd",
-    strict=False,
-)
 def test_odd_crop_margin_matches_timm():
+    """torchvision (timm, open_clip) rounds an odd crop margin half to even; HF floors it."""
     preset = resolve_preset("timm:vit_tiny_patch16_224")
     transform = create_transform(
         **resolve_data_config(model=timm.create_model("vit_tiny_patch16_224"))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ResizePolicy = Literal["resize", "crop", "pad"]
+CropRounding = Literal["floor", "round"]
 Interpolation = Literal["bilinear", "bicubic"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,6 +51,10 @@ class Preprocessing:
         resize_to: ``crop`` only: the shorter side before the centre crop, pixels. ``None`` means S.
             The Hugging Face DINOv2 processor resizes to 256 then crops 224, which cuts a border
             off a square chest X-ray; ``resize_to=256`` reproduces that exactly.
+        crop_rounding: ``crop`` only: where an odd margin puts the window. ``floor`` is
+            ``(h - S) // 2`` (Hugging Face processors); ``round`` rounds ``(h - S) / 2`` half to
+            even (torchvision's ``center_crop``, hence timm and open_clip). A 1 px shift, and
+            only for non-square images.
     """
 
     input_size: int
@@ -58,6 +63,7 @@ class Preprocessing:
     resize: ResizePolicy = "resize"
     interpolation: Interpolation = "bicubic"
     resize_to: int | None = None
+    crop_rounding: CropRounding = "floor"
 
     def __post_init__(self) -> None:
         if self.input_size < 1:
@@ -108,7 +114,10 @@ class Preprocessing:
             )
         if self.resize == "crop":
             th, tw = x.shape[-2:]
-            top, left = (th - size) // 2, (tw - size) // 2
+            if self.crop_rounding == "round":
+                top, left = round((th - size) / 2), round((tw - size) / 2)
+            else:
+                top, left = (th - size) // 2, (tw - size) // 2
             x = x[..., top : top + size, left : left + size]
         return x[0].contiguous()
 

@@ -122,6 +122,7 @@ def preprocessing_from_open_clip(
         std=tuple(float(v) for v in preprocess_cfg.get("std", CLIP_STD)),
         resize=_RESIZE_MODES[mode],
         interpolation=interpolation,
+        crop_rounding="round" if _RESIZE_MODES[mode] == "crop" else "floor",  # torchvision's
     )
 
 

@@ -200,7 +200,12 @@ def preprocessing_from_data_config(config: Mapping[str, Any]) -> Preprocessing:
         return Preprocessing(resize="resize", **common)
     if mode != "center":
         raise ValueError(f"timm crop_mode {mode!r} with crop_pct {crop_pct} is not supported")
-    return Preprocessing(resize="crop", resize_to=scale if scale != height else None, **common)
+    return Preprocessing(
+        resize="crop",
+        resize_to=scale if scale != height else None,
+        crop_rounding="round",  # torchvision's center_crop, which timm's transform uses
+        **common,
+    )
 
 
 def _folder_pretrained_cfg(location: Path) -> dict[str, Any] | None:
