@@ -178,6 +178,8 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from embedcache.encoders._weights import CheckpointError
+    from embedcache.encoders.hf_loading import WeightsUnavailableError
     from embedcache.intake.images import ImageReadError
     from embedcache.intake.manifest import ManifestError
     from embedcache.store import StoreLockedError, StoreMismatchError, StoreOverflowError
@@ -191,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         StoreOverflowError,
         FileNotFoundError,
         KeyError,
+        WeightsUnavailableError,
+        CheckpointError,
     )
     try:
         return _COMMANDS[args.command](args)

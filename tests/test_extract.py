@@ -200,3 +200,20 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "nope.csv" in err and err.count("\n") == 1
+
+
+def test_cli_explains_unavailable_hub_weights(phantom_manifest, tmp_path, capsys, offline):
+    code = cli_main(
+        [
+            "extract",
+            str(phantom_manifest),
+            "--encoder",
+            "rad-dino",
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "microsoft/rad-dino" in err and "--weights DIR" in err and "Traceback" not in err
