@@ -24,7 +24,13 @@ import numpy as np
 from probes.features import FeatureError, FeatureSet
 from probes.metrics import format_mean_sd, format_median_range
 from probes.results import cross_predict, results_table, summary_table
-from probes.runs import make_split, open_features, write_run
+from probes.runs import (
+    add_input_options,
+    add_output_options,
+    make_split,
+    open_features,
+    write_run,
+)
 from probes.splits import REFERENCE_SEED, LeakageError
 
 __all__ = ["COMMANDS", "PLUGINS", "build_parser", "main", "run_linear"]
@@ -38,10 +44,7 @@ def register_linear(subparsers) -> None:
         description="Cross-validated linear probe of one encoder group of a store. Writes "
         "per-row predictions, a results table (one row per fold x label) and a summary.",
     )
-    p.add_argument("store", help="store path (zarr folder or .h5 file)")
-    p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
-    p.add_argument("--root", help="folder for the manifest's relative paths")
-    p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+    add_input_options(p)
     p.add_argument("--label", action="append", required=True, help="label column (repeatable)")
     p.add_argument(
         "--feature",
@@ -64,14 +67,7 @@ def register_linear(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), help="solver dtype")
     p.add_argument("--device", help="torch device for the torch backend / sgd-head")
     p.add_argument("--Cs", type=float, nargs="+", help="C grid (default: 10 values 1e-4..1e2)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per fold")
-    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
-    p.add_argument("--out", default="probe-results", help="output folder")
-    p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
-    p.add_argument(
-        "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_options(p)
     p.set_defaults(func=run_linear)
 
 

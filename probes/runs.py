@@ -39,6 +39,27 @@ from probes.splits import (
 __all__ = ["make_split", "open_features", "write_run"]
 
 
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    """The store, manifest and encoder group options every ``probes`` command takes."""
+    p.add_argument("store", help="store path (zarr folder or .h5 file)")
+    p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
+    p.add_argument("--root", help="folder for the manifest's relative paths")
+    p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Bootstrap, output and safety options every ``probes`` command takes (read by
+    :func:`open_features`, :func:`make_split` and :func:`write_run`)."""
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per fold")
+    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    p.add_argument("--out", default="probe-results", help="output folder")
+    p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
+    p.add_argument(
+        "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def open_features(args: argparse.Namespace, feature: str) -> FeatureSet:
     """The FeatureSet named by ``store``, ``--manifest``, ``--encoder``, ``--root`` and
     ``--allow-subset``, reading array ``feature`` (``global``, ``grid16``, ...)."""

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
 from probes.backends.sgd_head import REFERENCE as REFERENCE_HEAD
@@ -55,6 +54,7 @@ from probes.seg_head import (  # noqa: F401 (interpolation_matrix: re-exported)
     _LinearGridHead,
     interpolation_matrix,
 )
+from probes.seg_loss import combine_loss, loss_parts, loss_targets
 
 __all__ = [
     "GRID_CHOICES",
@@ -212,21 +212,7 @@ class SegmentationProbe(BaseEstimator):
         return _Stream(batches, load, self.prefetch)
 
     def _targets(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
-        """Loss inputs from ``(b, H, W)`` labels, prepared in the reading thread: per-class pixel
-        counts (the weighted mean's denominator) and, for two classes, the sign ``1 - 2y`` and
-        the class weight of every pixel; else int64 labels."""
-        labels = labels.astype(np.uint8, copy=False) if labels.dtype == bool else labels
-        counts = np.bincount(labels.reshape(-1), minlength=self.n_classes)
-        if len(counts) > self.n_classes or labels.min(initial=0) < 0:
-            raise ValueError(f"mask labels outside 0..{self.n_classes - 1}")
-        out = {"counts": torch.from_numpy(counts.astype(np.float32))}
-        if self.n_classes == 2:
-            weights = np.asarray(self.class_weights or (1.0, 1.0), dtype=np.float32)
-            out["sign"] = torch.from_numpy(1 - 2 * labels.astype(np.float32))
-            out["weight"] = torch.from_numpy(weights[labels])
-        else:
-            out["labels"] = torch.from_numpy(labels.astype(np.int64))
-        return out
+        return loss_targets(labels, self.n_classes, self.class_weights)
 
     def _to_device(self, xs, targets=None):
         device = self._device()
@@ -257,34 +243,10 @@ class SegmentationProbe(BaseEstimator):
         return [np.sort(order[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
 
     def _loss_parts(self, scores: torch.Tensor, targets: dict[str, torch.Tensor]):
-        """(class-weighted NLL summed over pixels, soft-Dice intersections and denominators).
-
-        Two classes: ``-log p(y) = softplus((1 - 2y) d)`` for the logit difference ``d``, the
-        same numbers as ``F.cross_entropy`` on the two logits, with half the upsampling.
-        """
-        if "sign" in targets:
-            d = scores[:, 0]
-            nll = (F.softplus(targets["sign"] * d) * targets["weight"]).sum()
-            if not self.dice_weight:
-                return nll, None, None
-            prob, onehot = torch.sigmoid(d)[:, None], (1 - targets["sign"])[:, None] / 2
-        else:
-            weights = torch.as_tensor(
-                self.class_weights or [1.0] * self.n_classes, device=scores.device
-            ).float()
-            nll = F.cross_entropy(scores, targets["labels"], weight=weights, reduction="sum")
-            if not self.dice_weight:
-                return nll, None, None
-            prob = scores.softmax(1)[:, 1:]
-            onehot = F.one_hot(targets["labels"], self.n_classes).permute(0, 3, 1, 2)[:, 1:]
-            onehot = onehot.to(prob.dtype)
-        return nll, (prob * onehot).sum((0, 2, 3)), (prob + onehot).sum((0, 2, 3))
+        return loss_parts(scores, targets, self.n_classes, self.class_weights, self.dice_weight)
 
     def _loss(self, nll, wsum, inter, denom) -> torch.Tensor:
-        loss = nll / wsum.clamp_min(1e-12)
-        if self.dice_weight:
-            loss = loss + self.dice_weight * (1 - ((2 * inter + 1) / (denom + 1)).mean())
-        return loss
+        return combine_loss(nll, wsum, inter, denom, self.dice_weight)
 
     # -- fitting -------------------------------------------------------------------------------
 

@@ -26,6 +26,13 @@ from sklearn.base import clone
 
 from probes.masks import PackedMasks, load_masks
 from probes.results import ROW_COLUMNS
+from probes.runs import (
+    add_input_options,
+    add_output_options,
+    make_split,
+    open_features,
+    write_run,
+)
 from probes.seg_metrics import (
     BothEmpty,
     bootstrap_ci,
@@ -184,10 +191,7 @@ def register(subparsers) -> None:
         "on the patch grid, bilinear upsampling, class-weighted cross-entropy, early stopping "
         "on the validation fold. Minibatches stream from the store.",
     )
-    p.add_argument("store", help="store path (zarr folder or .h5 file)")
-    p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
-    p.add_argument("--root", help="folder for the manifest's relative paths")
-    p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+    add_input_options(p)
     p.add_argument("--mask", required=True, help="mask column: file paths or RLE strings")
     p.add_argument(
         "--mask-format",
@@ -249,14 +253,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=5656, help="seed (default 5656)")
     p.add_argument("--device", default="auto", help="torch device (auto: CUDA when present)")
     p.add_argument("--save-masks", action="store_true", help="add predicted masks as RLE")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per fold")
-    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
-    p.add_argument("--out", default="probe-results", help="output folder")
-    p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
-    p.add_argument(
-        "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_options(p)
     p.set_defaults(func=run_segmentation)
 
 
@@ -305,8 +302,6 @@ def _probe_from_args(args: argparse.Namespace) -> SegmentationProbe:
 def run_segmentation(args: argparse.Namespace) -> int:
     """``probes seg``: masks, split, cross-fit, write tables, print Dice per fold."""
     from tqdm import tqdm
-
-    from probes.runs import make_split, open_features, write_run
 
     probe = _probe_from_args(args)
     fs = open_features(args, grid_names(probe.grid)[0])

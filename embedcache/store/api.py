@@ -53,6 +53,7 @@ class StoreGroup:
         self.layout = GroupLayout.from_attrs(self.attrs["layout"])
         self._readers: dict[str, RowReader] = {}
         self._arrays: dict[str, Any] = {}
+        self._shard_layouts: dict[str, Any] = {}
         self._ids: np.ndarray | None = None
 
     @property
@@ -123,7 +124,9 @@ class StoreGroup:
         """Whole shards of our own local zarr layout are written as one buffer each (see
         :mod:`embedcache.store.shards`); anything else goes through zarr / h5py."""
         array = self.array(name)
-        layout = local_shard_layout(array) if self._backend.name == "zarr" else None
+        if name not in self._shard_layouts:  # parsed once per array, not per shard write
+            self._shard_layouts[name] = local_shard_layout(array)
+        layout = self._shard_layouts[name]
         stop = start + len(values)
         if layout is not None:
             folder, rows = layout
