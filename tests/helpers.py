@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from embedcache.intake.images import ImageReadError, read_image
 
 #: The real chest X-ray samples beside the project (``../shared/data``), or
 #: ``$EMBEDCACHE_TEST_DATA``.
@@ -129,3 +133,90 @@ def library_pixels(processor, image: np.ndarray, **kwargs) -> dict:
     """The library processor's output for a grey ``[0, 1]`` image given as three float channels."""
     rgb = np.repeat(image[..., None], 3, axis=-1)
     return processor(images=rgb, do_rescale=False, return_tensors="pt", **kwargs)
+
+
+# --- image readers (tests/test_images.py, tests/test_images_dicom.py) -------------------------
+
+#: SOP Class UID of Computed Radiography Image Storage.
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+def write_dicom(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    frames: int = 1,
+    **elements: object,
+) -> Path:
+    """Write a single-sample DICOM from scratch (Explicit VR Little Endian, with preamble).
+
+    stored: (H, W) or (frames, H, W) uint8/uint16/int16 stored values.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CR_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CR_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = stored.dtype.itemsize * 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if stored.dtype.kind == "i" else 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(stored).astype(stored.dtype.newbyteorder("<")).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def chest_phantom(shape: tuple[int, int] = (64, 48), bits: int = 12) -> np.ndarray:
+    """Density (higher = denser) of a crude chest: soft tissue, two dark lungs, a dense spine.
+
+    Returns uint16 (H, W) over [0, 2**bits - 1], with deterministic noise so every value differs.
+    """
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    density = np.full(shape, 0.55)
+    for centre_x in (0.27 * w, 0.73 * w):
+        lung = ((x - centre_x) / (0.17 * w)) ** 2 + ((y - 0.5 * h) / (0.35 * h)) ** 2 <= 1
+        density[lung] = 0.2
+    density[np.abs(x - (w - 1) / 2) < 0.07 * w] = 0.9
+    density += np.random.default_rng(0).uniform(-0.05, 0.05, shape)
+    return np.round(np.clip(density, 0, 1) * (2**bits - 1)).astype(np.uint16)
+
+
+def central_vs_lateral(image: np.ndarray) -> tuple[float, float]:
+    """Mean of the central column band (spine, mediastinum) and of the two lateral lung bands."""
+    h, w = image.shape
+    rows = slice(int(0.3 * h), int(0.7 * h))
+    central = image[rows, int(0.45 * w) : int(0.55 * w)].mean()
+    lateral = np.concatenate(
+        [image[rows, int(0.2 * w) : int(0.35 * w)], image[rows, int(0.65 * w) : int(0.8 * w)]],
+        axis=1,
+    ).mean()
+    return float(central), float(lateral)
+
+
+def assert_unit_image(image: np.ndarray, shape: tuple[int, int]) -> None:
+    assert image.dtype == np.float32
+    assert image.shape == shape
+    assert image.flags.c_contiguous
+    assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def assert_read_error(path: Path, reason: str) -> ImageReadError:
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert str(path) in str(err.value)
+    assert reason in err.value.reason, err.value.reason
+    return err.value
