@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedcache.provenance import library_versions
 from probes.features import FeatureError, FeatureSet
 from probes.results import write_table
 from probes.splits import (
@@ -135,6 +136,8 @@ def write_run(
         "probe": type(probe).__name__,
         "params": probe.get_params(),
         "seed": args.seed,
+        "command": sys.argv,
+        "versions": library_versions(),
         **fields,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")

@@ -89,6 +89,7 @@ def test_linear_end_to_end_lines_up_with_the_manifest(
     assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["split"]["kind"] == "patient" and run["backend"] == "numpy"
+    assert {"torch", "numpy", "scikit-learn"} <= set(run["versions"]) and run["command"]
 
 
 def test_seeded_runs_write_identical_prediction_files(phantom_store, phantom_manifest, tmp_path):

@@ -8,7 +8,6 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,10 @@ from embedcache.extract.batches import Batch, CohortImages, collate, plan_batche
 from embedcache.extract.writer import ShardWriter
 from embedcache.intake.images import ImageReadError
 from embedcache.intake.manifest import Manifest, load_manifest
+from embedcache.provenance import library_versions
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
 from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, GroupLayout, encoder_key
 from embedcache.store.lock import GroupLock
-
-_VERSIONED = (
-    "embedcache-probes",
-    "torch",
-    "transformers",
-    "timm",
-    "open_clip_torch",
-    "numpy",
-    "zarr",
-    "h5py",
-    "pydicom",
-    "pillow",
-)
 
 
 @dataclass(frozen=True)
@@ -62,14 +49,6 @@ class ExtractResult:
     seconds: float
     images_per_s: float
     random_weights: bool
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for dist in _VERSIONED:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    return versions
 
 
 def resolve_device(device: str | None) -> torch.device:
