@@ -74,7 +74,13 @@ def register_linear(subparsers) -> None:
 #: Subcommand name -> function adding its parser to the ``subparsers`` action.
 COMMANDS: dict[str, Callable] = {"linear": register_linear}
 #: Subcommand name -> optional module whose ``register(subparsers)`` adds it.
-PLUGINS: dict[str, str] = {"seg": "probes.segmentation_cli"}
+PLUGINS: dict[str, str] = {
+    "seg": "probes.segmentation_cli",
+    "shortcut": "probes.shortcuts_cli",
+    "report": "probes.report.cli",
+    "finetune": "probes.finetune.cli",
+    "study": "probes.study.cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_plugin(subparsers, name: str, module: str) -> None:
-    if importlib.util.find_spec(module) is None:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return
+    except ModuleNotFoundError:  # its parent package is absent
         return
     try:
         importlib.import_module(module).register(subparsers)
