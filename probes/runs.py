@@ -59,6 +59,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
         "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--rounds", type=int, nargs="+", help="run only these rounds, 0-based (default: all)"
+    )
 
 
 def open_features(args: argparse.Namespace, feature: str) -> FeatureSet:
@@ -83,6 +86,8 @@ def make_split(fs: FeatureSet, args: argparse.Namespace, strata: np.ndarray) -> 
     warns on stderr with ``--allow-leakage``.
     """
     split = _folds(fs, args, strata)
+    if getattr(args, "rounds", None):
+        split = split.only(args.rounds)
     try:
         check_no_leakage(split, fs.patient_ids)
     except LeakageError as exc:

@@ -99,6 +99,16 @@ class Split:
             rounds.append(Round(k, _where(~(test | val)), _where(val), _where(test)))
         return cls(folds, tuple(rounds), kind, seed)
 
+    def only(self, indices) -> Split:
+        """The same fold assignment with only the rounds numbered ``indices`` (a study runs
+        one round per unit of work); an unknown round is a ValueError naming it."""
+        wanted = sorted({int(k) for k in indices})
+        known = {r.index: r for r in self.rounds}
+        missing = [k for k in wanted if k not in known]
+        if missing:
+            raise ValueError(f"round(s) {missing} not in this split (rounds 0..{len(self) - 1})")
+        return Split(self.folds, tuple(known[k] for k in wanted), self.kind, self.seed)
+
     def assignments(self) -> pd.DataFrame:
         """One row per data row: ``fold`` and, per round k, ``round_k`` in train/val/test."""
         table = {"fold": self.folds}

@@ -144,3 +144,15 @@ def test_assignments_table():
     for r in split:
         assert (table.loc[r.test, f"round_{r.index}"] == "test").all()
         assert (table.loc[r.val, f"round_{r.index}"] == "val").all()
+
+
+def test_only_keeps_the_named_rounds_and_the_fold_assignment():
+    split = reference_rotation(50, 5, seed=1)
+    part = split.only([3, 1])
+    assert [r.index for r in part] == [1, 3]
+    np.testing.assert_array_equal(part.folds, split.folds)
+    for r in part:
+        np.testing.assert_array_equal(r.test, split[r.index].test)
+        np.testing.assert_array_equal(r.val, split[r.index].val)
+    with pytest.raises(ValueError, match=r"round\(s\) \[7\]"):
+        split.only([7])
