@@ -1,0 +1,223 @@
+"""Run a whole study: make missing cohorts, extract what is missing, run every unit not yet
+done, merge each run's rounds, write the study's results table, end with the report.
+
+Everything goes under ``study.out``::
+
+    manifests/<task>.csv                   the manifest each task reads (``where`` applied)
+    units/<task>/<encoder>/<protocol>/seed-<s>/round-<k>/   one unit: a `probes` run folder
+    runs/<task>__<encoder>__<protocol>__seed-<s>/           its rounds merged
+    results.csv                            every run's per-round results, one table
+    report/                                `probes report` over runs/
+
+Resuming is the default: a finished unit (its folder has ``run.json``) is never recomputed, a
+finished extraction is a quick check, an interrupted unit is started again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from probes.results import read_table, write_table
+from probes.study.config import Study, StudyError, Task
+from probes.study.merge import merge_run
+from probes.study.units import Unit, clear_partial, iter_runs, option_flags, plan_units, unit_argv
+
+__all__ = ["StudyResult", "run_study"]
+
+
+@dataclass
+class StudyResult:
+    """What one invocation did. ``ran``: units computed now; ``reused``: found complete."""
+
+    ran: list[Unit] = field(default_factory=list)
+    reused: list[Unit] = field(default_factory=list)
+    runs: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    seconds: float = 0.0
+
+
+def run_study(
+    study: Study,
+    *,
+    report: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> StudyResult:
+    """Run (or resume) ``study``; raises :class:`StudyError` naming a failed unit."""
+    t0 = time.perf_counter()
+    out = study.out
+    out.mkdir(parents=True, exist_ok=True)
+    result = StudyResult()
+    units = plan_units(study)
+    pending = [u for u in units if not u.is_done(out)]
+    result.reused = [u for u in units if u.is_done(out)]
+    log(f"study {study.name}: {len(units)} units, {len(result.reused)} done, {len(pending)} to run")
+
+    manifests = {name: _task_manifest(study, task) for name, task in study.tasks.items()}
+    keys = _extract_missing(study, pending, progress, log)
+
+    from tqdm import tqdm
+
+    from probes.cli import main as probes_main
+
+    for unit in tqdm(pending, desc=f"study {study.name}", unit="unit", disable=not progress):
+        task = study.tasks[unit.task]
+        manifest, root = manifests[unit.task]
+        folder = unit.folder(out)
+        partial = clear_partial(folder)
+        argv = unit_argv(
+            study,
+            unit,
+            manifest=manifest,
+            root=root,
+            store_key=keys.get((task.cohort, unit.encoder)),
+            out=partial,
+        )
+        partial.mkdir(parents=True)
+        # The unit's own printout goes to its folder; the study prints one bar.
+        with (partial / "output.txt").open("w") as printout, redirect_stdout(printout):
+            status = probes_main(argv)
+        if status != 0 or not (partial / "run.json").is_file():
+            raise StudyError(
+                f"unit {unit} failed (exit {status}); its command: probes {' '.join(argv)}"
+            )
+        os.replace(partial, folder)
+        result.ran.append(unit)
+
+    for (task, encoder, protocol, seed), run_units in iter_runs(units):
+        name = f"{task}__{encoder}__{protocol}__seed-{seed}"
+        target = out / "runs" / name
+        if result.ran or not (target / "run.json").is_file():
+            extra = dict(study=study.name, task=task, protocol=protocol, seed=seed)
+            extra["encoder_name"] = encoder
+            merge_run([u.folder(out) for u in run_units], target, name=name, extra=extra)
+        result.runs.append(target)
+    _write_results(out, result.runs)
+    if report:
+        result.report = _report(study, result.runs, log)
+    result.seconds = time.perf_counter() - t0
+    log(
+        f"study {study.name}: ran {len(result.ran)} units, reused {len(result.reused)}, "
+        f"{len(result.runs)} runs, {result.seconds:.1f} s -> {out}"
+    )
+    return result
+
+
+def _task_manifest(study: Study, task: Task) -> tuple[Path, Path | None]:
+    """The manifest a task reads and the folder its relative paths start from."""
+    cohort = study.cohorts[task.cohort]
+    if not cohort.manifest.exists():
+        if cohort.phantom is None:
+            raise StudyError(f"cohort {cohort.name}: manifest {cohort.manifest} does not exist")
+        _make_phantom(cohort.manifest, cohort.phantom)
+    root = cohort.root or cohort.manifest.parent
+    if task.where is None:
+        return cohort.manifest, cohort.root
+    from embedcache.intake.manifest import load_manifest
+
+    table = load_manifest(cohort.manifest).table
+    try:
+        subset = table.query(task.where)
+    except Exception as exc:
+        raise StudyError(f"task {task.name}: `where` {task.where!r} failed: {exc}") from None
+    if subset.empty:
+        raise StudyError(f"task {task.name}: `where` {task.where!r} keeps no manifest rows")
+    path = study.out / "manifests" / f"{task.name}.csv"
+    text = subset.to_csv(index=False)
+    if not path.exists() or path.read_text() != text:  # unchanged: keep (and its digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".csv.partial")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path, root
+
+
+def _make_phantom(manifest: Path, options: dict) -> None:
+    from embedcache.phantoms import CohortSpec, make_cohort
+
+    if manifest.name != "manifest.csv":
+        raise StudyError(f"a phantom cohort's manifest is <folder>/manifest.csv, got {manifest}")
+    spec = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    make_cohort(manifest.parent, CohortSpec(**spec))
+
+
+def _extract_missing(
+    study: Study, pending: list[Unit], progress: bool, log: Callable[[str], None]
+) -> dict[tuple[str, str], str]:
+    """Extract (or resume, or just check) each (cohort, encoder) a pending unit reads from
+    the store; returns their group keys."""
+    from embedcache.extract import extract
+
+    keys: dict[tuple[str, str], str] = {}
+    for unit in pending:
+        task = study.tasks[unit.task]
+        pair = (task.cohort, unit.encoder)
+        if pair in keys or not study.protocols[unit.protocol].reads_store:
+            continue
+        cohort, encoder = study.cohorts[task.cohort], study.encoders[unit.encoder]
+        extracted = extract(
+            cohort.manifest,
+            encoder.spec,
+            cohort.store,
+            weights=encoder.weights,
+            root=cohort.root,
+            batch_size=encoder.batch_size,
+            seed=encoder.seed,
+            progress=progress,
+            log=log,
+            **encoder.extract_options,
+        )
+        keys[pair] = extracted.key
+        log(
+            f"extract {cohort.name} x {encoder.name}: {extracted.written} written -> {extracted.key}"
+        )
+    return keys
+
+
+def _write_results(out: Path, runs: list[Path]) -> None:
+    """``results.csv``: every run's per-round results with the run's study coordinates."""
+    tables = []
+    for run in runs:
+        meta = json.loads((run / "run.json").read_text())
+        table = read_table(run / "results.csv")
+        for column in ("seed", "encoder"):
+            if column in table.columns:  # the study's names come first; keep the run's own
+                table = table.rename(columns={column: f"run_{column}"})
+        tables.append(
+            table.assign(
+                run=meta["name"],
+                task=meta["task"],
+                encoder=meta["encoder_name"],
+                protocol=meta["protocol"],
+                seed=meta["seed"],
+            )
+        )
+    merged = pd.concat(tables, ignore_index=True)
+    first = ["run", "task", "encoder", "protocol", "seed"]
+    merged = merged[first + [c for c in merged.columns if c not in first]]
+    partial = out / "results.csv.partial"
+    write_table(merged, partial)
+    os.replace(partial, out / "results.csv")
+
+
+def _report(study: Study, runs: list[Path], log: Callable[[str], None]) -> Path | None:
+    from probes.cli import PLUGINS
+    from probes.cli import main as probes_main
+
+    target = study.out / "report"
+    argv = ["report", *map(str, runs), "--out", str(target), "--n-boot", str(study.n_boot)]
+    argv += option_flags(study.report)
+    if "report" not in PLUGINS or probes_main(argv) != 0:
+        print(f"probes study: the report failed: probes {' '.join(argv)}", file=sys.stderr)
+        raise StudyError(f"the report failed; its command: probes {' '.join(argv)}")
+    log(f"report {target / 'report.html'}")
+    return target

@@ -1,0 +1,131 @@
+"""Units of work of a study, and the `probes` command line each one runs.
+
+A unit is one round of one (task, encoder, protocol, seed): the finest level a study resumes at.
+Its results live in ``OUT/units/<task>/<encoder>/<protocol>/seed-<s>/round-<k>/`` and exist only
+when complete: a unit runs into a ``.partial`` folder that is renamed when its ``run.json`` is
+written (a rename within one folder is atomic on POSIX filesystems).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probes.study.config import Study, Task
+
+__all__ = ["Unit", "option_flags", "plan_units"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One round of one (task, encoder, protocol, seed)."""
+
+    task: str
+    encoder: str
+    protocol: str
+    seed: int
+    round: int
+
+    @property
+    def run(self) -> tuple[str, str, str, int]:
+        """The run this unit is a round of."""
+        return (self.task, self.encoder, self.protocol, self.seed)
+
+    def folder(self, out: Path) -> Path:
+        return (
+            out
+            / "units"
+            / self.task
+            / self.encoder
+            / self.protocol
+            / f"seed-{self.seed}"
+            / (f"round-{self.round}")
+        )
+
+    def is_done(self, out: Path) -> bool:
+        return (self.folder(out) / "run.json").is_file()
+
+    def __str__(self) -> str:
+        return f"{self.task}/{self.encoder}/{self.protocol}/seed-{self.seed}/round-{self.round}"
+
+
+def plan_units(study: Study) -> list[Unit]:
+    """Every unit of the study, in a stable order (task, encoder, protocol, seed, round)."""
+    return [
+        Unit(task.name, encoder, protocol, seed, k)
+        for task in study.tasks.values()
+        for encoder in task.encoders
+        for protocol in task.protocols
+        for seed in study.seeds
+        for k in range(study.n_folds)
+    ]
+
+
+def option_flags(options: dict[str, Any]) -> list[str]:
+    """``{"class-weights": "1,5", "save-masks": true, "Cs": [0.1, 1]}`` ->
+    ``["--class-weights", "1,5", "--save-masks", "--Cs", "0.1", "1"]`` (false/None: left out)."""
+    flags: list[str] = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flags.append(f"--{key}")
+        if value is True:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [str(v) for v in values]
+    return flags
+
+
+def unit_argv(
+    study: Study,
+    unit: Unit,
+    *,
+    manifest: Path,
+    root: Path | None,
+    store_key: str | None,
+    out: Path,
+) -> list[str]:
+    """The ``probes`` command line of ``unit`` writing into ``out``."""
+    task: Task = study.tasks[unit.task]
+    protocol = study.protocols[unit.protocol]
+    encoder = study.encoders[unit.encoder]
+    cohort = study.cohorts[task.cohort]
+    argv = [protocol.command]
+    if protocol.reads_store:
+        argv += [cohort.store, "--manifest", str(manifest), "--encoder", str(store_key)]
+        argv.append("--allow-subset")  # a task's `where` reads a subset of the store's images
+    else:
+        argv += [str(manifest), "--encoder", encoder.spec]
+        if encoder.weights is not None:
+            argv += ["--weights", encoder.weights]
+    if root is not None:
+        argv += ["--root", str(root)]
+    argv += ["--label", task.label] if task.label is not None else ["--mask", str(task.mask)]
+    argv += [
+        *("--folds", study.folds, "--n-folds", str(study.n_folds)),
+        *("--seed", str(unit.seed), "--rounds", str(unit.round)),
+        *("--n-boot", str(study.n_boot), "--out", str(out), "--quiet"),
+    ]
+    # Protocol options, then the task's options for this command (e.g. seg class weights).
+    argv += option_flags(protocol.options)
+    argv += option_flags(task.options.get(protocol.command, {}))
+    return argv
+
+
+def clear_partial(folder: Path) -> Path:
+    """The ``.partial`` sibling a unit runs into, emptied of an interrupted attempt."""
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    return partial
+
+
+def iter_runs(units: list[Unit]) -> Iterator[tuple[tuple[str, str, str, int], list[Unit]]]:
+    """Units grouped by run, in plan order."""
+    runs: dict[tuple[str, str, str, int], list[Unit]] = {}
+    for unit in units:
+        runs.setdefault(unit.run, []).append(unit)
+    yield from runs.items()
