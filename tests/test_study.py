@@ -167,3 +167,20 @@ def test_the_phantom_example_study_runs_and_its_report_renders(tmp_path):
         assert run.name in html or json.loads((run / "run.json").read_text())["name"] in html
     pngs = list((result.report / "figures").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+
+
+@pytest.mark.parametrize("name", ["phantom-reference.toml", "siim-acr-reference.toml"])
+def test_every_unit_of_the_shipped_studies_is_a_valid_command_line(tmp_path, name):
+    """Each unit's `probes` command parses with the real parser: a protocol option a command
+    does not have is caught here, not hours into a study."""
+    from probes.cli import build_parser
+    from probes.study.units import unit_argv
+
+    study = load_study(ROOT / "studies" / name, out=tmp_path)
+    parser = build_parser()
+    for unit in plan_units(study):
+        argv = unit_argv(
+            study, unit, manifest=tmp_path / "m.csv", root=None, store_key="key", out=tmp_path
+        )
+        args = parser.parse_args(argv)
+        assert args.rounds == [unit.round] and args.seed == unit.seed
