@@ -123,14 +123,26 @@ def to_model_input(
         input region ``(i, j)``; pixels in padding are background.
     """
     mask = np.asarray(mask, dtype=bool)
-    policy = (preprocessing or {}).get("resize", "resize")
-    if policy == "resize":
+    if (preprocessing or {}).get("resize", "resize") == "resize":
         return resize_mask(mask, size)
-    big_h, big_w = mask.shape
+    return image_to_model_input(mask, size, preprocessing)
+
+
+def image_to_model_input(
+    image: np.ndarray, size: tuple[int, int], preprocessing: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Any ``(H, W)`` array (an X-ray, a mask) sampled nearest-neighbour into the encoder's
+    input geometry at ``size``, so that it lies under the grids' and the predicted masks'
+    pixels (overlays). Padding is 0. Same sampling rule as :func:`to_model_input`."""
+    image = np.asarray(image)
+    big_h, big_w = image.shape
     out_h, out_w = (int(v) for v in size)
     i2 = 2 * np.arange(out_h) + 1  # doubled output centres, in output pixels
     j2 = 2 * np.arange(out_w) + 1
-    if policy == "pad":
+    policy = (preprocessing or {}).get("resize", "resize")
+    if policy == "resize":
+        rows, cols = (i2 * big_h) // (2 * out_h), (j2 * big_w) // (2 * out_w)
+    elif policy == "pad":
         side = max(big_h, big_w)
         top, left = (side - big_h) // 2, (side - big_w) // 2
         rows = (i2 * side) // (2 * out_h) - top
@@ -150,8 +162,8 @@ def to_model_input(
     else:
         raise ValueError(f"unknown resize policy {policy!r}; expected resize, crop or pad")
     inside = ((rows >= 0) & (rows < big_h))[:, None] & ((cols >= 0) & (cols < big_w))[None, :]
-    picked = mask[np.clip(rows, 0, big_h - 1)[:, None], np.clip(cols, 0, big_w - 1)[None, :]]
-    return picked & inside
+    picked = image[np.clip(rows, 0, big_h - 1)[:, None], np.clip(cols, 0, big_w - 1)[None, :]]
+    return np.where(inside, picked, np.zeros((), dtype=image.dtype))
 
 
 def _is_empty(value: object) -> bool:

@@ -329,3 +329,26 @@ def test_refuses_mismatched_inputs():
         SegmentationProbe(class_weights=(1, 2, 3)).fit(grid16, masks)
     with pytest.raises(ValueError, match="labels outside"):
         SegmentationProbe(max_epochs=1).fit(grid16, masks.astype(np.int64) * 3)
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        None,
+        {"resize": "resize", "input_size": 32},
+        {"resize": "pad", "input_size": 32},
+        {"resize": "crop", "input_size": 32, "resize_to": 36},
+    ],
+)
+def test_images_sample_into_the_model_frame_like_their_masks(preprocessing):
+    """An X-ray and its mask land on the same model-frame pixels (overlays line up)."""
+    from probes.masks import image_to_model_input, to_model_input
+
+    rng = np.random.default_rng(0)
+    image = rng.random((45, 60)).astype(np.float32)
+    mask = image > 0.7
+    sampled = image_to_model_input(image, (16, 16), preprocessing)
+    assert sampled.dtype == np.float32 and sampled.shape == (16, 16)
+    np.testing.assert_array_equal(sampled > 0.7, to_model_input(mask, (16, 16), preprocessing))
+    if preprocessing and preprocessing["resize"] == "pad":  # the padded band is 0
+        assert (sampled[0] == 0).all()
