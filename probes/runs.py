@@ -11,7 +11,7 @@ A command's own part is what it fits and scores; around it::
 ``--out`` receives ``predictions.{parquet,csv}``, ``results.csv``, ``summary.csv``,
 ``folds.csv`` (image_id, patient_id and the fold of every row in every round) and ``run.json``
 (store, encoder, manifest and its digest, rows, exclusions, split, probe and parameters, seed,
-plus the command's own fields).
+command line, library versions, git commit, plus the command's own fields).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedcache.provenance import library_versions
+from embedcache.provenance import git_commit, library_versions
 from probes.features import FeatureError, FeatureSet
 from probes.results import write_table
 from probes.splits import (
@@ -143,6 +143,7 @@ def write_run(
         "seed": args.seed,
         "command": sys.argv,
         "versions": library_versions(),
+        "git_commit": git_commit(),
         **fields,
     }
     (out / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True, default=str) + "\n")

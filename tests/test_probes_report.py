@@ -1,0 +1,417 @@
+"""``probes report`` end to end on real run folders of a phantom cohort: files and figures,
+the HTML in headless Chromium, numbers equal to the runs' own, comparability, overlays on the
+probe's own raster, provenance, errors; the clustered bootstrap against scikit-learn."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from embedcache.intake import load_manifest
+from embedcache.provenance import git_commit
+from probes.cli import main
+from probes.metrics import format_mean_sd, format_median_range
+from probes.report import load_run, load_runs
+from probes.report.bootstrap import clustered_ci, weighted_metrics
+from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
+from probes.results import read_table
+from probes.seg_metrics import bootstrap_ci
+
+CHROMIUM = Path("/usr/bin/chromium")
+LINEAR = ("global", "grid16", "grid32")  # three probes on the same folds
+HEADINGS = (
+    "Runs",
+    "Classification",
+    "Classification: pneumothorax",
+    "Segmentation",
+    "Comparisons: classification",
+    "Friedman / Nemenyi: pneumothorax AUROC",
+    "Subgroups",
+    "Segmentation overlays",
+    "Provenance",
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_encoder_spec):
+    """A 50-image phantom cohort, one store, three linear probes on the same folds, one on
+    other folds, a segmentation probe with saved masks, and the report over all five."""
+    from embedcache.extract import extract
+    from embedcache.phantoms import CohortSpec, make_cohort
+
+    root = tmp_path_factory.mktemp("report-study")
+    manifest = make_cohort(root / "cohort", CohortSpec(n_patients=24, size=96))
+    store = root / "s.zarr"
+    extract(
+        manifest,
+        tiny_encoder_spec,
+        store,
+        rows_per_shard=8,
+        batch_size=8,
+        num_workers=0,
+        progress=False,
+        log=lambda *_: None,
+    )
+    common = [str(store), "--manifest", str(manifest), "--n-boot", "50", "--quiet"]
+    linear = [*common, "--label", "pneumothorax", "--label", "cardiomegaly", "--Cs", "0.1", "1"]
+    runs = {}
+    for feature in LINEAR:
+        runs[feature] = root / f"lin-{feature}"
+        assert main(["linear", *linear, "--feature", feature, "--out", str(runs[feature])]) == 0
+    runs["3folds"] = root / "lin-3folds"
+    assert main(["linear", *linear, "--n-folds", "3", "--out", str(runs["3folds"])]) == 0
+    runs["seg"] = root / "seg"
+    seg = ["seg", *common, "--mask", "heart_mask", "--epochs", "20", "--lr", "0.03"]
+    assert main([*seg, "--save-masks", "--format", "csv", "--out", str(runs["seg"])]) == 0
+    out = root / "report"
+    code = main(
+        [
+            "report",
+            *map(str, runs.values()),
+            "--out",
+            str(out),
+            "--subgroup",
+            "chest_tube",
+            "--size-column",
+            "ptx_area_pct",
+            "--n-boot",
+            "100",
+            "--overlays",
+            "2",
+        ]
+    )
+    assert code == 0
+    return {"root": root, "manifest": manifest, "store": store, "runs": runs, "out": out}
+
+
+def _section(markdown: str, heading: str) -> str:
+    """The text under a Markdown heading, up to the next heading of any level."""
+    start = markdown.index(f"\n{heading}\n")
+    rest = markdown[start + len(heading) + 2 :]
+    end = re.search(r"^#{1,6} ", rest, flags=re.M)
+    return rest[: end.start()] if end else rest
+
+
+def _row(table_text: str, *cells: str) -> list[str]:
+    """The cells of the first pipe-table row starting with ``cells``."""
+    for line in table_text.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if parts[: len(cells)] == list(cells):
+            return parts
+    raise AssertionError(f"no row {cells} in:\n{table_text}")
+
+
+# -- files and figures ------------------------------------------------------------------------
+
+
+def test_report_writes_markdown_html_figures_and_tables(study):
+    out = study["out"]
+    figures = sorted((out / "figures").glob("*.png"))
+    names = {f.stem for f in figures}
+    expected = {
+        "roc_pneumothorax",
+        "roc_cardiomegaly",
+        "cd_classification_1_pneumothorax",
+        "cd_classification_1_cardiomegaly",
+        "subgroups_classification_pneumothorax",
+        "subgroups_segmentation",
+        "overlays_seg",
+    }
+    assert expected <= names, names
+    html = (out / "report.html").read_text()
+    markdown = (out / "report.md").read_text()
+    for figure in figures:
+        data = figure.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, figure.name
+        with Image.open(figure) as image:
+            image.verify()
+        with Image.open(figure) as image:
+            colours = image.convert("RGB").getcolors(maxcolors=1 << 24)
+        assert len(colours) > 20, (figure.name, len(colours))
+        # embedded byte for byte in the HTML, linked from the Markdown
+        assert f"data:image/png;base64,{base64.b64encode(data).decode()}" in html
+        assert f"(figures/{figure.name})" in markdown
+    # self-contained: no scripts, no external resources
+    assert "<script" not in html.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, flags=re.I)
+    assert html.count("<img ") == len(figures)
+    tables = {p.name for p in (out / "tables").glob("*.csv")}
+    assert {"runs.csv", "classification_metrics.csv", "segmentation_metrics.csv"} <= tables
+    assert {"paired_tests_classification_1.csv", "provenance.csv", "versions.csv"} <= tables
+    runs = pd.read_csv(out / "tables" / "runs.csv")
+    assert runs["run"].tolist() == ["lin-global", "lin-grid16", "lin-grid32", "lin-3folds", "seg"]
+    assert runs["images"].tolist() == [50] * 5
+
+
+def test_html_loads_in_headless_chromium_without_errors(study):
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing and CI is set: the browser test must run")
+        pytest.skip(f"{CHROMIUM} not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((study["out"] / "report.html").resolve().as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            headings = page.eval_on_selector_all("h1, h2, h3", "els => els.map(e => e.textContent)")
+            title = page.title()
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(widths) >= 7 and all(w > 0 for w in widths), widths
+    for heading in HEADINGS:
+        assert heading in headings, (heading, headings)
+    assert title.startswith("Probe report")
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+def test_markdown_tables_equal_the_runs_results(study):
+    markdown = (study["out"] / "report.md").read_text()
+    table = _section(markdown, "### Classification: pneumothorax")
+    for feature in LINEAR:
+        results = read_table(study["runs"][feature] / "results.csv")
+        results = results[results["label"] == "pneumothorax"]
+        for column, name in (
+            ("auroc", "AUROC"),
+            ("auprc", "AUPRC"),
+            ("sens_at_0.5", "sensitivity"),
+        ):
+            row = _row(table, f"lin-{feature}", name)
+            assert row[2] == format_median_range(results[column])
+            assert row[3] == format_mean_sd(results[column])
+            assert row[5] == "5"
+    seg = read_table(study["runs"]["seg"] / "results.csv")
+    row = _row(_section(markdown, "### Segmentation: metrics"), "seg", "Dice")
+    assert row[2] == format_median_range(seg["dice"]) and row[3] == format_mean_sd(seg["dice"])
+
+
+def test_a_fold_summary_recomputed_from_the_predictions(study):
+    """AUROC per round from predictions.parquet by scikit-learn, summarised by hand."""
+    predictions = read_table(study["runs"]["grid16"] / "predictions.parquet")
+    test = predictions[(predictions["split"] == "test") & (predictions["label"] == "cardiomegaly")]
+    per_round = [roc_auc_score(p["truth"], p["score"]) for _, p in test.groupby("round")]
+    assert len(per_round) == 5
+    expected = (
+        f"{np.median(per_round):.3f} [{min(per_round):.3f}, {max(per_round):.3f}]",
+        f"{np.mean(per_round):.3f} ± {np.std(per_round, ddof=1):.3f}",
+    )
+    markdown = (study["out"] / "report.md").read_text()
+    row = _row(_section(markdown, "### Classification: cardiomegaly"), "lin-grid16", "AUROC")
+    assert (row[2], row[3]) == expected
+    # the pooled CI column is the clustered bootstrap of the pooled test rows, and holds the
+    # pooled AUROC
+    numbers = pd.read_csv(study["out"] / "tables" / "classification_metrics.csv")
+    mine = numbers[
+        (numbers["run"] == "lin-grid16")
+        & (numbers["label"] == "cardiomegaly")
+        & (numbers["metric"] == "AUROC")
+    ].iloc[0]
+    low, high = clustered_ci(
+        test["truth"], test["score"], test["patient_id"], n_boot=100, seed=5656
+    )["auroc"]
+    assert (mine["ci_low"], mine["ci_high"]) == pytest.approx((low, high))
+    assert row[4] == f"[{low:.3f}, {high:.3f}]"
+    assert low < roc_auc_score(test["truth"], test["score"]) < high
+
+
+def test_weighted_metrics_equal_scikit_learn_with_sample_weights():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, 60)
+    score = np.round(rng.random(60), 1)  # many ties
+    weights = rng.integers(0, 4, (5, 60))
+    got = weighted_metrics(truth, score, weights)
+    for b, w in enumerate(weights):
+        assert got["auroc"][b] == pytest.approx(roc_auc_score(truth, score, sample_weight=w))
+        assert got["auprc"][b] == pytest.approx(
+            average_precision_score(truth, score, sample_weight=w)
+        )
+        positive, called = truth == 1, score >= 0.5
+        assert got["sens_at_0.5"][b] == pytest.approx(
+            w[positive & called].sum() / w[positive].sum()
+        )
+        assert got["spec_at_0.5"][b] == pytest.approx(
+            w[~positive & ~called].sum() / w[~positive].sum()
+        )
+    none = weighted_metrics(truth, score, np.where(truth == 1, 0, 1)[None])  # no positives
+    assert np.isnan(none["auroc"][0]) and np.isnan(none["sens_at_0.5"][0])
+    negatives = truth == 0
+    assert none["spec_at_0.5"][0] == pytest.approx((score[negatives] < 0.5).mean())
+
+
+def test_clustered_ci_equals_the_generic_patient_bootstrap():
+    """Same seed, same patient draws as probes.seg_metrics.bootstrap_ci with scikit-learn as the
+    statistic: the vectorised metrics give the same interval."""
+    rng = np.random.default_rng(0)
+    patients = np.repeat([f"p{i}" for i in range(30)], rng.integers(1, 4, 30))
+    truth = rng.integers(0, 2, len(patients))
+    score = np.clip(truth * 0.3 + rng.random(len(patients)) * 0.8, 0, 1)
+    fast = clustered_ci(truth, score, patients, n_boot=300, seed=11)
+    rows = np.column_stack([truth, score])
+
+    def safe(metric):
+        return lambda r: metric(r[:, 0], r[:, 1]) if len(np.unique(r[:, 0])) == 2 else np.nan
+
+    for name, metric in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
+        slow = bootstrap_ci(rows, statistic=safe(metric), n_boot=300, groups=patients, seed=11)
+        assert fast[name] == pytest.approx(slow)
+
+
+# -- comparisons --------------------------------------------------------------------------------
+
+
+def test_only_runs_on_the_same_folds_are_compared(study):
+    markdown = (study["out"] / "report.md").read_text()
+    section = _section(markdown, "## Comparisons: classification")
+    assert "`lin-3folds` not compared with `lin-global`, `lin-grid16`, `lin-grid32`" in section
+    assert "different rounds" in section  # check_same_folds' own reason
+    paired = pd.read_csv(study["out"] / "tables" / "paired_tests_classification_1.csv")
+    pairs = set(zip(paired["a"], paired["b"], strict=True))
+    assert pairs == {
+        ("lin-global", "lin-grid16"),
+        ("lin-global", "lin-grid32"),
+        ("lin-grid16", "lin-grid32"),
+    }
+    assert set(paired["test"]) == {"delong"} and set(paired["label"]) == {
+        "pneumothorax",
+        "cardiomegaly",
+    }
+    assert set(paired["round"]) == {-1, 0, 1, 2, 3, 4}
+    assert "One segmentation run (`seg`): nothing to compare." in markdown
+    ranks = pd.read_csv(
+        study["out"] / "tables" / "friedman_ranks_classification_1_pneumothorax.csv"
+    )
+    assert ranks["average rank"].sum() == pytest.approx(1 + 2 + 3)
+
+
+# -- overlays -----------------------------------------------------------------------------------
+
+
+def test_overlays_use_the_probes_own_raster(study):
+    run = load_run(study["runs"]["seg"])
+    best, worst = extreme_cases(run, 2)
+    assert best["dice"].min() >= worst["dice"].max()
+    assert not set(best["image_id"]) & set(worst["image_id"])
+    manifest = load_manifest(study["manifest"], check_files=False)
+    preprocessing = store_preprocessing(run)
+    assert preprocessing is not None and preprocessing["resize"] == "crop"
+    rows = pd.concat([best, worst])
+    cases, problems = load_cases(run, rows, manifest, preprocessing)
+    assert problems == [] and len(cases) == 4
+    for case, (_, row) in zip(cases, rows.iterrows(), strict=True):
+        assert case.truth.shape == case.predicted.shape == (16, 16)
+        assert case.image.shape == (56, 56)  # the tiny encoder's input
+        # the re-decoded masks are the ones the probe scored
+        assert case.truth.mean() == pytest.approx(row["mask_area"])
+        assert case.predicted.mean() == pytest.approx(row["pred_area"])
+        tp = (case.truth & case.predicted).sum()
+        assert tp == row["tp"]
+    # a store that moved: the overlays still render, stretched onto the masks' raster
+    moved = dataclasses.replace(run, info={**run.info, "store": str(study["root"] / "gone")})
+    assert store_preprocessing(moved) is None
+    stretched, _ = load_cases(moved, best, manifest, None)
+    assert stretched[0].image.shape[0] % 16 == 0 and stretched[0].truth is not None
+
+
+# -- provenance and errors --------------------------------------------------------------------
+
+
+def test_provenance_block(study):
+    markdown = (study["out"] / "report.md").read_text()
+    section = markdown.split("\n## Provenance\n")[1]  # to the end: its code block has "# " lines
+    commit = git_commit()
+    for name, folder in study["runs"].items():
+        info = json.loads((folder / "run.json").read_text())
+        assert info["git_commit"] == commit
+        row = _row(section, folder.name)
+        assert info["encoder"] in row and info["manifest_digest"] in row
+        assert (commit or "not recorded") in row, name
+    assert f"# this report (git commit {commit or 'not a git working tree'})" in section
+    versions = pd.read_csv(study["out"] / "tables" / "versions.csv")
+    assert {"torch", "numpy", "scikit-learn"} <= set(versions["library"])
+    assert "this report" in versions.columns
+
+
+def test_runs_on_other_manifests_are_reported_but_not_compared(study, tmp_path):
+    from probes.report import build_report
+
+    moved = tmp_path / "other-cohort"
+    shutil.copytree(study["runs"]["global"], moved)
+    info = json.loads((moved / "run.json").read_text())
+    info["manifest_digest"] = "f" * 64
+    (moved / "run.json").write_text(json.dumps(info))
+    runs = load_runs([study["runs"]["grid16"], moved])
+    files = build_report(runs, tmp_path / "r", n_boot=20, overlays=0)
+    markdown = files.markdown.read_text()
+    section = _section(markdown, "## Comparisons: classification")
+    assert "`other-cohort` not compared with `lin-grid16`: different manifests" in section
+    assert "no test was run" in section and "### Paired tests" not in markdown
+    table = _section(markdown, "### Classification: pneumothorax")
+    assert _row(table, "other-cohort", "AUROC") and _row(table, "lin-grid16", "AUROC")
+
+
+def test_folder_without_run_json_fails_naming_it(study, tmp_path, capsys):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    code = main(["report", str(study["runs"]["seg"]), str(empty), "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and "no run.json" in err
+    assert not (tmp_path / "r" / "report.html").exists()
+
+
+def test_runs_with_the_same_folder_name_get_distinct_names(study, tmp_path):
+    for parent in ("a", "b"):
+        shutil.copytree(study["runs"]["global"], tmp_path / parent / "out")
+    runs = load_runs([tmp_path / "a" / "out", tmp_path / "b" / "out"])
+    assert [r.name for r in runs] == ["a/out", "b/out"]
+    assert runs[0].task == "classification" and runs[0].labels == ["cardiomegaly", "pneumothorax"]
+
+
+def test_git_commit_of_a_repository_and_outside_one(tmp_path):
+    assert git_commit(tmp_path) is None
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "f.txt").write_text("x")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "m"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert git_commit(repo) == head
