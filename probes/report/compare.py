@@ -121,10 +121,13 @@ def compare(group: Sequence[Run], *, n_boot: int = 2000, seed: int = 0) -> Compa
         frames.append(rows.assign(a=a.name, b=b.name))
     paired = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     result = Comparison(runs=runs, paired=paired, problems=problems)
-    if len(runs) >= 3:
-        metric = "auroc" if runs[0].task == CLASSIFICATION else "dice"
-        labels = sorted(set.intersection(*(set(r.labels) for r in runs))) or [""]
-        result.rank_tests = [_rank_test(runs, label, metric) for label in labels]
+    if runs[0].task == CLASSIFICATION:  # per label, among the runs that scored it
+        for label in sorted(set().union(*(r.labels for r in runs))):
+            scored = [r for r in runs if label in r.labels]
+            if len(scored) >= 3:
+                result.rank_tests.append(_rank_test(scored, label, "auroc"))
+    elif len(runs) >= 3:
+        result.rank_tests = [_rank_test(runs, "", "dice")]
     return result
 
 

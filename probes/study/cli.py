@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         if args.plan:
             units = plan_units(study)
             for unit in units:
-                print(f"{'done' if unit.is_done(study.out) else 'todo'}  {unit}")
-            done = sum(u.is_done(study.out) for u in units)
+                print(f"{'done' if unit.is_done(study) else 'todo'}  {unit}")
+            done = sum(u.is_done(study) for u in units)
             print(f"{done}/{len(units)} units done in {study.out}")
             return 0
         run_study(study, report=not args.no_report, progress=not args.quiet)

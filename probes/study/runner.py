@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,15 @@ import pandas as pd
 from probes.results import read_table, write_table
 from probes.study.config import Study, StudyError, Task
 from probes.study.merge import merge_run
-from probes.study.units import Unit, clear_partial, iter_runs, option_flags, plan_units, unit_argv
+from probes.study.units import (
+    Unit,
+    clear_partial,
+    iter_runs,
+    option_flags,
+    plan_units,
+    unit_argv,
+    unit_definition,
+)
 
 __all__ = ["StudyResult", "run_study"]
 
@@ -58,8 +67,9 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     result = StudyResult()
     units = plan_units(study)
-    pending = [u for u in units if not u.is_done(out)]
-    result.reused = [u for u in units if u.is_done(out)]
+    done = {u: u.is_done(study) for u in units}
+    pending = [u for u in units if not done[u]]
+    result.reused = [u for u in units if done[u]]
     log(f"study {study.name}: {len(units)} units, {len(result.reused)} done, {len(pending)} to run")
 
     manifests = {name: _task_manifest(study, task) for name, task in study.tasks.items()}
@@ -90,6 +100,10 @@ def run_study(
             raise StudyError(
                 f"unit {unit} failed (exit {status}); its command: probes {' '.join(argv)}"
             )
+        definition = json.dumps(unit_definition(study, unit), indent=2, sort_keys=True)
+        (partial / "unit.json").write_text(definition + "\n")
+        if folder.exists():  # a stale unit: the study's definition of it changed
+            shutil.rmtree(folder)
         os.replace(partial, folder)
         result.ran.append(unit)
 

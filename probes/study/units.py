@@ -8,6 +8,7 @@ written (a rename within one folder is atomic on POSIX filesystems).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,11 +46,49 @@ class Unit:
             / (f"round-{self.round}")
         )
 
-    def is_done(self, out: Path) -> bool:
-        return (self.folder(out) / "run.json").is_file()
+    def is_done(self, study: Study) -> bool:
+        """Finished, and by the study's current definition (else stale: run again)."""
+        folder = self.folder(study.out)
+        if not (folder / "run.json").is_file() or not (folder / "unit.json").is_file():
+            return False
+        return json.loads((folder / "unit.json").read_text()) == unit_definition(study, self)
 
     def __str__(self) -> str:
         return f"{self.task}/{self.encoder}/{self.protocol}/seed-{self.seed}/round-{self.round}"
+
+
+def unit_definition(study: Study, unit: Unit) -> dict[str, Any]:
+    """Everything in the study file that can change a unit's numbers (written to its
+    ``unit.json``): editing any of it makes the unit stale; editing anything else (another
+    task, a batch size, the report options) does not."""
+    task = study.tasks[unit.task]
+    protocol = study.protocols[unit.protocol]
+    encoder = study.encoders[unit.encoder]
+    cohort = study.cohorts[task.cohort]
+    return {
+        "unit": str(unit),
+        "cohort": {
+            "manifest": str(cohort.manifest),
+            "store": cohort.store,
+            "root": str(cohort.root) if cohort.root else None,
+            "phantom": cohort.phantom,
+        },
+        "encoder": {
+            "spec": encoder.spec,
+            "weights": encoder.weights,
+            "seed": encoder.seed,
+            "extract_options": encoder.extract_options,
+        },
+        "task": {
+            "label": task.label,
+            "mask": task.mask,
+            "where": task.where,
+            "options": task.options.get(protocol.command, {}),
+        },
+        "protocol": {"command": protocol.command, "options": protocol.options},
+        "split": {"folds": study.folds, "n_folds": study.n_folds, "seed": unit.seed},
+        "n_boot": study.n_boot,
+    }
 
 
 def plan_units(study: Study) -> list[Unit]:
