@@ -67,6 +67,13 @@ def register_linear(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), help="solver dtype")
     p.add_argument("--device", help="torch device for the torch backend / sgd-head")
     p.add_argument("--Cs", type=float, nargs="+", help="C grid (default: 10 values 1e-4..1e2)")
+    p.add_argument(
+        "--balance-by",
+        metavar="COL",
+        help="binary manifest column (a confounder, e.g. chest_tube): train each round on the "
+        "largest subset of its training rows where COL is independent of the label "
+        "(one --label; validation and test rows untouched)",
+    )
     add_output_options(p)
     p.set_defaults(func=run_linear)
 
@@ -127,6 +134,7 @@ def run_linear(args: argparse.Namespace) -> int:
     fs = open_features(args, args.feature)
     Y, positives = _binary_labels(fs, args.label)
     split = make_split(fs, args, strata=Y)
+    balance = fs.labels(args.balance_by) if args.balance_by else None
     X = fs.load()
     if X.ndim > 2:  # a grid: average over its patches
         X = X.reshape(len(X), -1, X.shape[-1]).mean(axis=1)
@@ -149,6 +157,7 @@ def run_linear(args: argparse.Namespace) -> int:
             feature=fs.feature,
             seed=args.seed,
             on_round=lambda _: bar.update(),
+            balance=balance,
         )
     results = results_table(predictions, n_boot=args.n_boot, seed=args.seed)
     summary = summary_table(results)
@@ -164,6 +173,7 @@ def run_linear(args: argparse.Namespace) -> int:
         labels=args.label,
         positive_class=positives,
         backend=backend,
+        balance_by=args.balance_by,
     )
     print(_format_summary(results, fs, split, out))
     return 0

@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from probes.metrics import bootstrap_ci, classification_metrics, summarize
+from probes.shortcuts import balanced_rows
 from probes.splits import Split
 
 __all__ = [
@@ -62,6 +63,7 @@ def cross_predict(
     feature: str = "",
     seed: int | None = None,
     on_round: Callable[[int], None] | None = None,
+    balance: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Fit a clone of ``probe`` per round and predict that round's validation and test rows.
 
@@ -73,6 +75,10 @@ def cross_predict(
         split: the rounds. ids, patient_ids: ``(n,)`` per row. label_names: ``k`` names.
         encoder, feature, seed: provenance written on every row.
         on_round: called with the round index after each round (progress bars).
+        balance: optional ``(n,)`` binary confounder (e.g. chest tube): each round is fitted on
+            :func:`probes.shortcuts.balanced_rows` of its training rows (seed ``seed + round``,
+            None counting as 0), where the confounder is independent of the (single) label;
+            validation and test rows are untouched. ``params`` then carries ``"balanced": true``.
 
     Returns the predictions table (:data:`PREDICTION_COLUMNS`), ordered by round, label,
     split (val before test) and row. ``truth`` is 1 for the positive (larger) class.
@@ -83,16 +89,28 @@ def cross_predict(
     if len(label_names) != Y2.shape[1]:
         raise ValueError(f"{len(label_names)} label names for {Y2.shape[1]} label columns")
     ids, patient_ids = np.asarray(ids, dtype=str), np.asarray(patient_ids, dtype=str)
-    params = json.dumps(probe.get_params(), sort_keys=True, default=str)
+    recorded = probe.get_params()
+    if balance is not None:
+        balance = np.asarray(balance)
+        if Y2.shape[1] != 1 or balance.shape != (len(Y2),):
+            raise ValueError(
+                f"balance needs one label column and an (n,) confounder; got labels "
+                f"{Y.shape} and confounder {balance.shape}"
+            )
+        recorded = {**recorded, "balanced": True}
+    params = json.dumps(recorded, sort_keys=True, default=str)
     name = type(probe).__name__
     frames = []
     for r in split:
         model = clone(probe)
         target = Y2[:, 0] if Y2.shape[1] == 1 else Y2
+        train = r.train
+        if balance is not None:
+            train = balanced_rows(target, balance, r.train, seed=(seed or 0) + r.index)
         if len(r.val) and _takes_validation(model):
-            model.fit(X[r.train], target[r.train], X_val=X[r.val], y_val=target[r.val])
+            model.fit(X[train], target[train], X_val=X[r.val], y_val=target[r.val])
         else:
-            model.fit(X[r.train], target[r.train])
+            model.fit(X[train], target[train])
         chosen = np.broadcast_to(np.asarray(getattr(model, "C_", np.nan), float), (Y2.shape[1],))
         for part, rows in (("val", r.val), ("test", r.test)):
             if not len(rows):
