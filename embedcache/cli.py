@@ -1,17 +1,39 @@
 """``embedcache``: a thin command line over :mod:`embedcache.extract` and :mod:`embedcache.store`.
 
 Errors users can fix (bad manifest rows, unreadable images, locked or mismatched groups) print
-one clear line and exit 2; bugs keep their traceback.
+one clear line and exit 2; bugs keep their traceback. ``extract`` runs as one rank of a
+distributed job when started by ``torchrun`` (``torchrun --nproc-per-node 8 -m embedcache
+extract ...``); rank 0 prints the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, STORE_DTYPES
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option of a URL store, repeatable (endpoint_url=http://host:9000, "
+        "anon=true, client_kwargs.region_name=eu-west-1); default: the JSON in "
+        "$EMBEDCACHE_STORAGE_OPTIONS",
+    )
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    """``--storage-option`` pairs, or ``None`` (then the environment variable is read)."""
+    from embedcache.store.urls import parse_storage_options
+
+    return parse_storage_options(args.storage_option) if args.storage_option else None
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +44,11 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="preset name (see `embedcache encoders`), hf:<hub-id-or-dir>, timm:<name>[@file] or open_clip:<arch>@<checkpoint>",
     )
-    p.add_argument("--out", required=True, help="store: a zarr folder, or a .h5 file")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="store: a zarr folder, a .h5 file, or a zarr store URL (s3://bucket/cohort.zarr)",
+    )
     p.add_argument(
         "--weights", help="hub id, local folder, or 'none' (random init; numbers mean nothing)"
     )
@@ -43,6 +69,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--break-lock", action="store_true", help="clear another process's writer lock")
     p.add_argument("--no-progress", action="store_true")
+    _add_storage_options(p)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -65,12 +92,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         break_lock=args.break_lock,
         trust_remote_code=args.trust_remote_code,
         seed=args.seed,
+        storage_options=_storage_options(args),
         progress=not args.no_progress,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports for the job
+        return 0
+    ranks = f" on {result.world_size} ranks" if result.world_size > 1 else ""
     print(
         f"{result.key}: {result.written} written, {result.skipped} skipped, "
         f"{result.already_done} already done, of {result.n_rows} "
-        f"({result.images_per_s:.1f} images/s) -> {result.store}"
+        f"({result.images_per_s:.1f} images/s{ranks}) -> {result.store}"
     )
     return 0
 
@@ -79,7 +110,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from embedcache.store import open_store
     from embedcache.store.verify import store_summary
 
-    with open_store(args.store) as store:
+    with open_store(args.store, storage_options=_storage_options(args)) as store:
         summary = store_summary(store)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -104,7 +135,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from embedcache.store.verify import verify_group
 
     ok = True
-    with open_store(args.store) as store:
+    with open_store(args.store, storage_options=_storage_options(args)) as store:
         keys = [args.key] if args.key else store.keys()
         reports = [verify_group(store.group(k)) for k in keys]
     for r in reports:
@@ -155,11 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_extract(sub)
     p = sub.add_parser("info", help="what a store holds")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or URL")
     p.add_argument("--json", action="store_true")
+    _add_storage_options(p)
     p = sub.add_parser("verify", help="check done counts, NaN/inf and keys")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or URL")
     p.add_argument("--key", help="one encoder group (default: all)")
+    _add_storage_options(p)
     sub.add_parser("encoders", help="list encoder presets")
     p = sub.add_parser("demo", help="offline demo on a synthetic cohort")
     p.add_argument("--out", default="demo-output")
@@ -180,9 +213,11 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     from embedcache.encoders._weights import CheckpointError
     from embedcache.encoders.hf_loading import WeightsUnavailableError
+    from embedcache.extract.distributed import DistributedSetupError, RankFailedError
     from embedcache.intake.images import ImageReadError
     from embedcache.intake.manifest import ManifestError
     from embedcache.store import StoreLockedError, StoreMismatchError, StoreOverflowError
+    from embedcache.store.urls import StoreURLError
 
     args = build_parser().parse_args(argv)
     user_errors = (
@@ -195,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         KeyError,
         WeightsUnavailableError,
         CheckpointError,
+        StoreURLError,
+        RankFailedError,
+        DistributedSetupError,
     )
     try:
         return _COMMANDS[args.command](args)

@@ -1,14 +1,17 @@
-"""One pass of one encoder over a cohort into the store: ``embedcache extract``."""
+"""One pass of one encoder over a cohort into the store: ``embedcache extract``.
+
+The same function runs alone or as one rank of ``torchrun`` (see
+:mod:`embedcache.extract.distributed`): rank 0 opens the group and records provenance, every
+rank extracts its own shards.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,25 +22,40 @@ from tqdm.auto import tqdm
 from embedcache.encoders.base import Encoder
 from embedcache.encoders.registry import build_encoder
 from embedcache.extract.batches import Batch, CohortImages, collate, plan_batches
+from embedcache.extract.distributed import (
+    DistributedSetupError,
+    RankFailedError,
+    Ranks,
+    rank_device,
+    rank_from_env,
+    rank_rows,
+)
+from embedcache.extract.group import finish_run, open_group
 from embedcache.extract.writer import ShardWriter
 from embedcache.intake.images import ImageReadError
 from embedcache.intake.manifest import Manifest, load_manifest
-from embedcache.provenance import library_versions
-from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
-from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, GroupLayout, encoder_key
+from embedcache.store.api import StoreGroup, open_store
+from embedcache.store.backends import resolve_format
+from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, encoder_key
 from embedcache.store.lock import GroupLock
+from embedcache.store.urls import locate
+
+# Re-exported: callers and tests used these from here before group.py existed.
+__all__ = ["ExtractResult", "extract", "open_group", "result_dict"]
 
 
 @dataclass(frozen=True)
 class ExtractResult:
-    """What one ``extract`` call did.
+    """What one ``extract`` call did (under torchrun: all ranks together, on every rank).
 
     Attributes:
-        store: the store path; key: the encoder group written.
+        store: the store path or URL; key: the encoder group written.
         n_rows: rows in the manifest; already_done: rows done before this run;
         written: rows extracted now; skipped: rows recorded as unreadable now.
-        seconds: wall time of the extraction loop; images_per_s: written / seconds.
+        seconds: wall time of the extraction loop (the slowest rank); images_per_s:
+            written / seconds.
         random_weights: True when the encoder was randomly initialised (numbers mean nothing).
+        world_size: processes that extracted (1 without torchrun).
     """
 
     store: str
@@ -49,6 +67,7 @@ class ExtractResult:
     seconds: float
     images_per_s: float
     random_weights: bool
+    world_size: int = 1
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -66,109 +85,14 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     return precision
 
 
-def default_workers() -> int:
-    """Decode workers: leave one core to the forward pass, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(ranks_per_node: int = 1) -> int:
+    """Decode workers per process: the node's cores shared among its ranks, one left to each
+    rank's forward pass, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, ranks_per_node) - 1))
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable list of differing leaves between two nested dicts."""
-    out = []
-    for name in sorted(set(old) | set(new)):
-        a, b = old.get(name), new.get(name)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{name}.")
-        elif a != b:
-            out.append(f"{prefix}{name}: {a!r} -> {b!r}")
-    return out
-
-
-def _check_manifest(group: StoreGroup, manifest: Manifest) -> None:
-    """Refuse to resume into a group made from another manifest, naming the first difference."""
-    recorded = group.attrs.get("manifest", {})
-    if recorded.get("digest") == manifest.digest():
-        return
-    ids = group.ids
-    now = np.asarray(manifest.image_ids, dtype=str)
-    if len(ids) != len(now):
-        what = f"it has {len(ids)} rows, this manifest has {len(now)}"
-    else:
-        diff = np.flatnonzero(ids != now)
-        what = (
-            f"row {diff[0] + 1}: image_id {str(ids[diff[0]])!r} there, {str(now[diff[0]])!r} here"
-            if len(diff)
-            else "the same ids but different image paths"
-        )
-    raise StoreMismatchError(
-        f"encoder group {group.key} was extracted from manifest {recorded.get('source')} "
-        f"(digest {str(recorded.get('digest'))[:12]}), not {manifest.source} "
-        f"(digest {manifest.digest()[:12]}): {what}. Use another --out store, or restore the "
-        "original manifest."
-    )
-
-
-def _note_siblings(store: EmbeddingStore, key: str, material: dict[str, Any]) -> list[str]:
-    """Describe how other groups of the same preset differ (printed when a new group starts)."""
-    notes = []
-    prefix = key.rsplit("-", 1)[0] + "-"
-    for other in store:
-        if other != key and other.startswith(prefix):
-            old = store.group(other).attrs.get("key_material", {})
-            diffs = _differences(old, material)
-            notes.append(f"{other} differs in " + "; ".join(diffs[:5]))
-    return notes
-
-
-def open_group(
-    store: EmbeddingStore,
-    encoder: Encoder,
-    manifest: Manifest,
-    material: dict[str, Any],
-    *,
-    dtype: str,
-    rows_per_shard: int,
-    log: Any = print,
-) -> StoreGroup:
-    """The group for this encoder key: created, or checked against this run and reopened."""
-    key = encoder_key(encoder.preset.name, material)
-    if key in store and not store.is_complete(key):
-        log(f"note: removing group {key}, whose creation was interrupted, and creating it anew")
-        store.delete_group(key)
-    if key in store:
-        if cleared := store.clear_partial_writes(key):
-            log(f"note: removed {cleared} half-written file(s) left by an interrupted run")
-        group = store.group(key)
-        recorded = group.attrs.get("key_material")
-        if encoder_key(encoder.preset.name, recorded or {}) != key:
-            raise StoreMismatchError(
-                f"encoder group {key} records inputs whose digest is not its key; differences "
-                f"from this run: {_differences(recorded or {}, material)}"
-            )
-        _check_manifest(group, manifest)
-        return group
-    for note in _note_siblings(store, key, material):
-        log(f"note: new group {key}; existing {note}")
-    layout = GroupLayout(
-        n_rows=len(manifest),
-        global_dim=encoder.global_dim,
-        grid_shapes={level: spec.shape for level, spec in encoder.grid_specs.items()},
-        dtype=dtype,
-        rows_per_shard=rows_per_shard,
-    )
-    attrs = {
-        "key_material": material,
-        "encoder": encoder.describe(),
-        "manifest": {
-            "source": str(manifest.source),
-            "root": str(manifest.root),
-            "digest": manifest.digest(),
-            "n_rows": len(manifest),
-        },
-        "versions": library_versions(),
-        "host": platform.node(),
-        "command": sys.argv,
-    }
-    return store.create_group(key, layout, np.asarray(manifest.image_ids, dtype=str), attrs)
+def _silent(*_: object) -> None:
+    pass
 
 
 def extract(
@@ -189,6 +113,7 @@ def extract(
     break_lock: bool = False,
     trust_remote_code: bool = False,
     seed: int = 0,
+    storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     log: Any = print,
 ) -> ExtractResult:
@@ -196,11 +121,14 @@ def extract(
 
     Resumable: rows already ``done`` are kept; an interrupted run (even kill -9) continues where
     its last whole shard was written and ends with a store identical to an uninterrupted run.
+    Under ``torchrun`` every rank calls this; the ranks split the pending shards and write them
+    into the same store (see :mod:`embedcache.extract.distributed`).
 
     Args:
         manifest: manifest file (CSV/Parquet) or a loaded :class:`Manifest`.
         encoder: preset name / generic spec (``rad-dino``, ``hf:DIR``) or a built encoder.
-        out: store path (zarr folder, or ``.h5`` file).
+        out: store path (zarr folder, or ``.h5`` file) or the URL of a zarr store
+            (``s3://bucket/cohort.zarr``, ``gs://...``, ``file://...``).
         weights: hub id, local folder, ``none`` (random init), or ``None`` for the preset's own.
         skip_bad: record unreadable images (id and reason) and go on, instead of stopping at the
             first one with its id and path.
@@ -208,12 +136,25 @@ def extract(
             ``float32``.
         precision: compute precision, ``bf16`` (CUDA autocast) or ``fp32``; part of the key.
         rows_per_shard: images per shard file for a new group.
+        storage_options: fsspec options for a URL ``out``; ``None`` reads
+            ``$EMBEDCACHE_STORAGE_OPTIONS`` (JSON).
 
     Raises:
         ImageReadError: an unreadable image without ``skip_bad`` (rows written so far are kept).
         StoreMismatchError: the group exists but was made from a different manifest.
         StoreLockedError: another live process is writing this group.
+        RankFailedError: under torchrun, another rank stopped with an error.
     """
+    info = rank_from_env()
+    if not info.is_main:  # one voice per job
+        log, progress = _silent, False
+    location = locate(out, storage_options)
+    fmt = resolve_format(location, fmt)  # refuse a bad --out before loading anything
+    if info.distributed and fmt == "hdf5":
+        raise DistributedSetupError(
+            f"{location}: an HDF5 store takes one writing process; under torchrun use a zarr "
+            "store (the default; any --out not ending in .h5)"
+        )
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, root, check_files=not skip_bad)
     if isinstance(encoder, str):
@@ -224,39 +165,95 @@ def extract(
             f"warning: {encoder.preset.name} is randomly initialised (--weights none): "
             "its embeddings carry no pretrained knowledge and probe results mean nothing."
         )
-    dev = resolve_device(device)
+    dev = resolve_device(rank_device(device, info))
     precision = resolve_precision(precision, dev)
     material = {**encoder.key_material(), "precision": precision, "dtype": dtype}
-    out = Path(out)
-    with open_store(out, "a", fmt) as store:
-        key = encoder_key(encoder.preset.name, material)
-        with GroupLock(out, key, break_lock=break_lock):
-            group = open_group(
-                store,
-                encoder,
-                manifest,
-                material,
-                dtype=dtype,
-                rows_per_shard=rows_per_shard,
-                log=log,
-            )
-            return _run(
+    key = encoder_key(encoder.preset.name, material)
+    if num_workers is None:
+        num_workers = default_workers(info.local_world_size)
+    with Ranks(info, dev) as ranks, contextlib.ExitStack() as stack:
+        # Rank 0 alone locks, creates or checks the group and reads what is pending; sharing
+        # that is the barrier after which the other ranks open the group.
+        group: StoreGroup | None = None
+        setup: dict[str, Any] = {}
+        failure: Exception | None = None
+        if ranks.is_main:
+            try:
+                store = stack.enter_context(open_store(location, "a", fmt))
+                stack.enter_context(GroupLock(location, key, break_lock=break_lock))
+                group = open_group(
+                    store,
+                    encoder,
+                    manifest,
+                    material,
+                    dtype=dtype,
+                    rows_per_shard=rows_per_shard,
+                    log=log,
+                )
+                setup = {"pending": np.flatnonzero(~group.done).tolist()}
+            except Exception as err:
+                if not info.distributed:
+                    raise
+                failure, setup = err, {"error": _describe(err)}
+        setup = ranks.share(setup)
+        if failure is not None:
+            raise failure
+        if "error" in setup:
+            raise RankFailedError(f"rank 0 could not open the group: {setup['error']}")
+        if group is None:
+            group = stack.enter_context(open_store(location, "a", fmt)).group(key)
+        pending = np.asarray(setup["pending"], dtype=np.int64)
+        mine = rank_rows(pending, group.layout.rows_per_shard, info)
+        try:
+            report = _run(
                 group,
+                mine,
                 encoder,
                 manifest,
                 dev,
                 precision,
                 batch_size,
-                default_workers() if num_workers is None else num_workers,
+                num_workers,
                 skip_bad,
                 progress,
-                random_weights,
-                out,
+                defer_reasons=info.distributed,
             )
+        except Exception as err:
+            if not info.distributed:
+                raise
+            failure, report = err, {"error": _describe(err)}
+        reports = ranks.gather(report)
+        if ranks.is_main:
+            finish_run(group, reports, manifest, info.world_size, n_pending=len(pending))
+        ranks.barrier()
+    if failure is not None:
+        raise failure
+    failed = [f"rank {r}: {rep['error']}" for r, rep in enumerate(reports) if "error" in rep]
+    if failed:
+        raise RankFailedError("; ".join(failed))
+    written = sum(rep["written"] for rep in reports)
+    seconds = max(rep["seconds"] for rep in reports)
+    return ExtractResult(
+        store=str(location),
+        key=key,
+        n_rows=len(manifest),
+        already_done=len(manifest) - len(pending),
+        written=written,
+        skipped=sum(rep["skipped"] for rep in reports),
+        seconds=seconds,
+        images_per_s=written / seconds if seconds > 0 else 0.0,
+        random_weights=random_weights,
+        world_size=info.world_size,
+    )
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def _run(
     group: StoreGroup,
+    pending: np.ndarray,
     encoder: Encoder,
     manifest: Manifest,
     dev: torch.device,
@@ -265,11 +262,11 @@ def _run(
     num_workers: int,
     skip_bad: bool,
     progress: bool,
-    random_weights: bool,
-    out: Path,
-) -> ExtractResult:
-    done = group.done
-    pending = np.flatnonzero(~done)
+    *,
+    defer_reasons: bool,
+) -> dict[str, Any]:
+    """Extract ``pending`` rows (sorted) into ``group``; returns a JSON-able report:
+    ``written``, ``skipped``, ``seconds`` and (with ``defer_reasons``) ``skip_reasons``."""
     batches = plan_batches(pending, group.layout.rows_per_shard, batch_size)
     loader = DataLoader(
         CohortImages(manifest.paths, encoder.preprocessing.prepare),
@@ -282,7 +279,7 @@ def _run(
     )
     encoder.to(dev)
     ids = group.ids
-    writer = ShardWriter(group, pending)
+    writer = ShardWriter(group, pending, defer_reasons=defer_reasons)
     autocast = (
         torch.autocast(dev.type, dtype=torch.bfloat16)
         if precision == "bf16"
@@ -301,18 +298,13 @@ def _run(
     finally:
         bar.close()
         writer.close()
-    seconds = time.perf_counter() - start
-    return ExtractResult(
-        store=str(out),
-        key=group.key,
-        n_rows=len(done),
-        already_done=int(done.sum()),
-        written=writer.rows_written,
-        skipped=writer.rows_skipped,
-        seconds=seconds,
-        images_per_s=writer.rows_written / seconds if seconds > 0 else 0.0,
-        random_weights=random_weights,
-    )
+    return {
+        "written": writer.rows_written,
+        "skipped": writer.rows_skipped,
+        "seconds": time.perf_counter() - start,
+        "skip_reasons": writer.skip_reasons,
+        "host": platform.node(),
+    }
 
 
 def _handle_failures(

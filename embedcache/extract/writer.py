@@ -27,9 +27,20 @@ class ShardWriter:
         group: the store group being filled.
         pending: sorted rows this run will produce (extracted or skipped).
         max_queued: batches waiting for the writer before ``put`` blocks (bounds memory).
+        defer_reasons: keep the reasons of skipped rows in :attr:`skip_reasons` instead of
+            writing them into the group attributes (a distributed rank: the attributes have one
+            writer, rank 0, which records every rank's reasons at the end). The ``skipped`` and
+            ``done`` flags are written either way.
     """
 
-    def __init__(self, group: StoreGroup, pending: np.ndarray, max_queued: int = 8):
+    def __init__(
+        self,
+        group: StoreGroup,
+        pending: np.ndarray,
+        max_queued: int = 8,
+        *,
+        defer_reasons: bool = False,
+    ):
         self.group = group
         self.layout = group.layout
         self.rows_per_shard = self.layout.rows_per_shard
@@ -40,6 +51,9 @@ class ShardWriter:
         self._error: BaseException | None = None
         self.rows_written = 0
         self.rows_skipped = 0
+        self._defer_reasons = defer_reasons
+        #: ``{image_id: reason}`` of rows skipped by this writer when ``defer_reasons``
+        self.skip_reasons: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="embedcache-writer", daemon=True)
         self._thread.start()
 
@@ -138,7 +152,11 @@ class ShardWriter:
                 self.group.write_rows(
                     int(run[0]), {n: a[lo:hi] for n, a in buf["features"].items()}
                 )
-        self.group.mark_skipped(np.asarray(buf["skipped"], dtype=np.int64), buf["reasons"])
+        reasons = buf["reasons"]
+        if self._defer_reasons:
+            self.skip_reasons.update(reasons)
+            reasons = {}
+        self.group.mark_skipped(np.asarray(buf["skipped"], dtype=np.int64), reasons)
         self.group.mark_done(written)
         self.rows_written += len(written)
         self.rows_skipped += len(buf["skipped"])

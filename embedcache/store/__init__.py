@@ -4,6 +4,7 @@ from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError,
 from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key
 from embedcache.store.lock import GroupLock, StoreLockedError
 from embedcache.store.shards import RowReader
+from embedcache.store.urls import StoreURLError
 
 __all__ = [
     "EmbeddingStore",
@@ -14,6 +15,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreOverflowError",
+    "StoreURLError",
     "encoder_key",
     "open_store",
 ]

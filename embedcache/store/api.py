@@ -26,6 +26,7 @@ from embedcache.store.layout import (
     check_fits,
 )
 from embedcache.store.shards import RowReader, local_shard_layout, write_shard
+from embedcache.store.urls import StoreLocation, locate
 
 
 class StoreMismatchError(ValueError):
@@ -143,13 +144,21 @@ class StoreGroup:
         self._set_flags(DONE, rows)
 
     def mark_skipped(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
-        """Record unreadable rows: ``skipped`` and ``done`` flags and ``{image_id: reason}``."""
+        """Record unreadable rows: ``skipped`` and ``done`` flags and ``{image_id: reason}``.
+
+        An empty ``reasons`` leaves the attributes alone (a distributed rank's reasons are
+        recorded by rank 0, the attributes' one writer, see :meth:`record_skip_reasons`).
+        """
         if len(rows) == 0:
             return
-        merged = {**self.skip_reasons(), **reasons}
-        self.update_attrs({"skip_reasons": merged})
+        self.record_skip_reasons(reasons)
         self._set_flags(SKIPPED, rows)
         self._set_flags(DONE, rows)
+
+    def record_skip_reasons(self, reasons: dict[str, str]) -> None:
+        """Merge ``{image_id: reason}`` into the group's ``skip_reasons`` attribute."""
+        if reasons:
+            self.update_attrs({"skip_reasons": {**self.skip_reasons(), **reasons}})
 
     def _set_flags(self, name: str, rows: np.ndarray) -> None:
         rows = np.unique(np.asarray(rows, dtype=np.int64))
@@ -163,15 +172,23 @@ class StoreGroup:
 
 
 class EmbeddingStore:
-    """A store file/folder holding one group per encoder key.
+    """A store file/folder (or object-store prefix) holding one group per encoder key.
 
     Use :func:`open_store`. Closing matters for HDF5 only; the object is a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r", fmt: str | None = None):
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike | StoreLocation,
+        mode: str = "r",
+        fmt: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ):
+        self.location = locate(path, storage_options)
         self.mode = mode
-        self._backend = open_backend(path, mode, fmt)
+        self._backend = open_backend(self.location, mode, fmt)
+        #: a ``Path`` for a local store, the URL string for a remote one
+        self.path: Path | str = self._backend.path
         self.format = self._backend.name
 
     def keys(self) -> list[str]:
@@ -229,11 +246,22 @@ class EmbeddingStore:
         self.close()
 
 
-def open_store(path: str | os.PathLike, mode: str = "r", fmt: str | None = None) -> EmbeddingStore:
+def open_store(
+    path: str | os.PathLike | StoreLocation,
+    mode: str = "r",
+    fmt: str | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> EmbeddingStore:
     """Open a store for reading (``mode="r"``) or appending (``"a"``, created if missing).
 
     Args:
-        path: a zarr folder (default format) or an HDF5 file (``.h5``/``.hdf5``).
+        path: a zarr folder (default format), an HDF5 file (``.h5``/``.hdf5``), or the URL of a
+            zarr store on any fsspec filesystem (``s3://bucket/cohort.zarr``, ``gs://...``,
+            ``memory://...``; ``file://`` is a local path).
         fmt: ``zarr`` or ``hdf5``; detected from the path when omitted.
+        storage_options: fsspec options of a URL (``endpoint_url``, credentials...); ``None``
+            reads the JSON in ``$EMBEDCACHE_STORAGE_OPTIONS``.
     """
-    return EmbeddingStore(path, mode, fmt or detect_format(path))
+    location = locate(path, storage_options)
+    return EmbeddingStore(location, mode, fmt or detect_format(location))

@@ -23,6 +23,7 @@ from embedcache.store.layout import (
     SKIPPED,
     GroupLayout,
 )
+from embedcache.store.urls import StoreLocation, StoreURLError, locate
 
 FORMATS = ("zarr", "hdf5")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -33,29 +34,40 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 _WRITE_ALL = {"write_empty_chunks": True}
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """``hdf5`` for an HDF5 file or a path ending in .h5/.hdf5, else ``zarr``."""
-    p = Path(path)
-    if p.is_file():
-        with p.open("rb") as f:
+def detect_format(path: str | os.PathLike | StoreLocation) -> str:
+    """``hdf5`` for an HDF5 file or a path (or URL) ending in .h5/.hdf5, else ``zarr``."""
+    location = locate(path, {})
+    if location.local is not None and location.local.is_file():
+        with location.local.open("rb") as f:
             return "hdf5" if f.read(8) == b"\x89HDF\r\n\x1a\n" else "zarr"
-    return "hdf5" if p.suffix.lower() in HDF5_SUFFIXES else "zarr"
+    return "hdf5" if Path(location.name).suffix.lower() in HDF5_SUFFIXES else "zarr"
 
 
 class ZarrBackend:
-    """Zarr v3 directory store. Grids: one image per inner chunk, ``rows_per_shard`` per shard
-    (so a 400k-image cohort is thousands of files, not 400k), no compression (embeddings gain
-    5-16% from compression at 1.3-20x the write time; see docs/benchmarks.md)."""
+    """Zarr v3 store: a local folder, or any fsspec URL through zarr's ``FsspecStore``. Grids:
+    one image per inner chunk, ``rows_per_shard`` per shard (so a 400k-image cohort is
+    thousands of files or objects, not 400k), no compression (embeddings gain 5-16% from
+    compression at 1.3-20x the write time; see docs/benchmarks.md)."""
 
     name = "zarr"
 
-    def __init__(self, path: str | os.PathLike, mode: str):
+    def __init__(self, location: StoreLocation, mode: str):
         import zarr
+        from zarr.errors import GroupNotFoundError
 
-        self.path = Path(path)
-        if mode == "r" and not (self.path / "zarr.json").exists():
-            raise FileNotFoundError(f"no zarr store at {self.path}")
-        self.root = zarr.open_group(str(self.path), mode="r" if mode == "r" else "a")
+        self.location = location
+        self.path: Path | str = location.local if location.local is not None else str(location)
+        if location.local is None:
+            try:
+                self.root = zarr.open_group(
+                    location.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "a"
+                )
+            except GroupNotFoundError:
+                raise FileNotFoundError(f"no zarr store at {location}") from None
+        else:
+            if mode == "r" and not (location.local / "zarr.json").exists():
+                raise FileNotFoundError(f"no zarr store at {self.path}")
+            self.root = zarr.open_group(str(location.local), mode="r" if mode == "r" else "a")
         if mode != "r" and "format" not in self.root.attrs:
             self.root.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
 
@@ -110,12 +122,16 @@ class ZarrBackend:
     def clear_partial_writes(self, key: str) -> int:
         """Delete temp files of chunk writes cut short by a crash; returns how many.
 
-        Zarr writes each chunk file to ``<name>.<uuid>.partial`` and renames it into place, so a
-        killed writer leaves the old chunk intact plus an orphan temp file. Only safe under the
+        Zarr writes each local chunk file to ``<name>.<uuid>.partial`` and renames it into place,
+        so a killed writer leaves the old chunk intact plus an orphan temp file. Object stores
+        have no temp files: an object PUT is atomic. Only safe under the
         group's writer lock. The store's own top-level temp files (its metadata is written once,
         at creation) are cleared too; other groups' folders are left to their writers.
         """
-        orphans = [*self.path.glob("*.partial"), *(self.path / key).rglob("*.partial")]
+        if self.location.local is None:
+            return 0  # object stores write each chunk in one atomic PUT: nothing half-written
+        folder = self.location.local
+        orphans = [*folder.glob("*.partial"), *(folder / key).rglob("*.partial")]
         for orphan in orphans:
             orphan.unlink(missing_ok=True)
         return len(orphans)
@@ -135,10 +151,12 @@ class Hdf5Backend:
 
     name = "hdf5"
 
-    def __init__(self, path: str | os.PathLike, mode: str):
+    def __init__(self, location: StoreLocation, mode: str):
         import h5py
 
-        self.path = Path(path)
+        resolve_format(location, self.name)  # refuses a URL
+        self.location = location
+        self.path = location.local
         self.file = h5py.File(self.path, "r" if mode == "r" else "a")
         if mode != "r" and "format" not in self.file.attrs:
             self.set_attrs(self.file, {"format": FORMAT, "format_version": FORMAT_VERSION})
@@ -197,11 +215,33 @@ class Hdf5Backend:
         self.file.close()
 
 
-def open_backend(path: str | os.PathLike, mode: str = "r", fmt: str | None = None):
-    """Open (or, with mode ``a``, create) a store in the given or detected format."""
-    fmt = fmt or detect_format(path)
+def resolve_format(location: StoreLocation, fmt: str | None = None) -> str:
+    """The format to open ``location`` with (given, or detected), checked: ``zarr`` or
+    ``hdf5``, and HDF5 only for local files."""
+    fmt = fmt or detect_format(location)
     if fmt not in FORMATS:
         raise ValueError(f"store format must be one of {FORMATS}, got {fmt!r}")
-    if mode == "r" and not Path(path).exists():
-        raise FileNotFoundError(f"no store at {path}")
-    return (ZarrBackend if fmt == "zarr" else Hdf5Backend)(path, mode)
+    if fmt == "hdf5" and location.is_remote:
+        raise StoreURLError(
+            f"HDF5 stores are local files only; {location} is a URL. Use a zarr store for "
+            "object storage (a URL not ending in .h5/.hdf5), or a local .h5 path"
+        )
+    return fmt
+
+
+def open_backend(
+    path: str | os.PathLike | StoreLocation,
+    mode: str = "r",
+    fmt: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+):
+    """Open (or, with mode ``a``, create) a store in the given or detected format.
+
+    ``path`` may be an fsspec URL (zarr only); ``storage_options`` configure its filesystem
+    (``None``: from the environment, see :mod:`embedcache.store.urls`).
+    """
+    location = locate(path, storage_options)
+    fmt = resolve_format(location, fmt)
+    if mode == "r" and location.local is not None and not location.local.exists():
+        raise FileNotFoundError(f"no store at {location}")
+    return (ZarrBackend if fmt == "zarr" else Hdf5Backend)(location, mode)
