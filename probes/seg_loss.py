@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from probes.seg_step import softplus
+
 
 def loss_targets(
     labels: np.ndarray, n_classes: int, class_weights: Sequence[float] | None
@@ -53,7 +55,7 @@ def loss_parts(
     """
     if "sign" in targets:
         d = scores[:, 0]
-        nll = (F.softplus(targets["sign"] * d) * targets["weight"]).sum()
+        nll = (softplus(targets["sign"] * d) * targets["weight"]).sum()
         if not dice_weight:
             return nll, None, None
         prob, onehot = torch.sigmoid(d)[:, None], (1 - targets["sign"])[:, None] / 2

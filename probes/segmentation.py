@@ -55,6 +55,7 @@ from probes.seg_head import (  # noqa: F401 (interpolation_matrix: re-exported)
     interpolation_matrix,
 )
 from probes.seg_loss import combine_loss, loss_parts, loss_targets
+from probes.seg_step import fused_binary_step
 
 __all__ = [
     "GRID_CHOICES",
@@ -223,6 +224,11 @@ class SegmentationProbe(BaseEstimator):
 
     def _train_step(self, head, optimizer, xs, targets, class_weights) -> torch.Tensor:
         """One optimiser step on a minibatch; returns its loss."""
+        if head.binary and len(xs) == 1 and xs[0].device.type == "cpu" and not self.dice_weight:
+            optimizer.zero_grad(set_to_none=True)
+            loss = fused_binary_step(head, xs[0], targets, class_weights)
+            optimizer.step()
+            return loss
         with self._autocast():
             nll, inter, denom = self._loss_parts(head(xs), targets)
         loss = self._loss(nll, targets["counts"] @ class_weights, inter, denom)

@@ -352,3 +352,50 @@ def test_images_sample_into_the_model_frame_like_their_masks(preprocessing):
     np.testing.assert_array_equal(sampled > 0.7, to_model_input(mask, (16, 16), preprocessing))
     if preprocessing and preprocessing["resize"] == "pad":  # the padded band is 0
         assert (sampled[0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("grid_hw", "mask_hw", "align", "dtype", "batch"),
+    [
+        ((5, 7), (23, 31), True, torch.float16, 5),
+        ((8, 8), (32, 32), False, torch.float32, 3),
+        ((6, 4), (6, 4), True, torch.float16, 4),  # no upsampling
+    ],
+)
+def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, dtype, batch):
+    """The hand-fused CPU step gives the loss and parameter gradients of plain class-weighted
+    F.cross_entropy on the two upsampled logits, through standardisation."""
+    import torch.nn.functional as F
+
+    from probes.seg_head import _LinearGridHead
+    from probes.seg_loss import loss_targets
+    from probes.seg_step import fused_binary_step
+
+    gen = torch.Generator().manual_seed(0)
+    channels = 12
+    grid = torch.randn(batch, *grid_hw, channels, generator=gen).to(dtype)
+    labels = (torch.rand(batch, *mask_hw, generator=gen) > 0.7).to(torch.uint8)
+    weights = (1.0, 5.0)
+
+    def head():
+        h = _LinearGridHead(
+            [(*grid_hw, channels)], 2, mask_hw, align, torch.Generator().manual_seed(1)
+        )
+        h.mean0.copy_(torch.linspace(-0.5, 0.5, channels))
+        h.scale0.copy_(torch.linspace(0.5, 2.0, channels))
+        return h
+
+    reference = head()
+    d = reference([grid])[:, 0]  # (B, H, W) logit difference
+    logits = torch.stack([torch.zeros_like(d), d], 1)
+    w = torch.tensor(weights)
+    loss = F.cross_entropy(logits, labels.long(), weight=w, reduction="sum")
+    loss = loss / w[labels.long()].sum()
+    loss.backward()
+
+    fused = head()
+    targets = loss_targets(labels.numpy(), 2, weights)
+    got = fused_binary_step(fused, grid, targets, torch.tensor(weights))
+    assert got.item() == pytest.approx(loss.item(), rel=1e-5)
+    for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
