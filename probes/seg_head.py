@@ -109,7 +109,9 @@ class _LinearGridHead(nn.Module):
             weight, bias = self.effective(g)
             if self.binary:
                 weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
-            if x.device.type == "cpu":
+            # _ChunkedLinear returns no gradient for x: right for cached grids, wrong when the
+            # grids come from an encoder being fine-tuned (probes.finetune), which takes F.linear.
+            if x.device.type == "cpu" and not x.requires_grad:
                 flat = x.reshape(-1, x.shape[-1])
                 z = _ChunkedLinear.apply(flat, weight, bias, CHUNK_PIXELS)
                 z = z.view(*x.shape[:-1], -1)  # (B, h, w, K')

@@ -1,0 +1,150 @@
+"""Per-row predictions of a fine-tuned round, in the probes' own schemas, so that probe and
+fine-tune results share one table (``probes report``).
+
+- classification: :data:`probes.results.PREDICTION_COLUMNS` (``C`` is NaN: no C was chosen;
+  ``feature`` is ``global``), ordered by label, split (val before test) and row, as
+  :func:`probes.results.cross_predict`;
+- segmentation: :data:`probes.segmentation_cli.PREDICTION_COLUMNS` (per-image Dice/IoU and
+  pixel counts), val before test, as :func:`~probes.segmentation_cli.cross_validate_segmentation`.
+
+``probe`` is ``finetune`` on every row; ``params`` holds the fine-tune's settings (both learning
+rates among them) as JSON; ``encoder`` the key an extraction of the same weights would have.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from probes.results import PREDICTION_COLUMNS as CLASSIFICATION_COLUMNS
+from probes.seg_metrics import BothEmpty, dice_iou_from_counts
+from probes.segmentation_cli import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
+from probes.splits import Split
+
+PROBE_NAME = "finetune"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What every prediction row of a run carries.
+
+    Attributes:
+        encoder: the encoder key (or preset name). params: the settings, JSON-able.
+        seed: the run's seed. feature: ``global`` (classification) or the grid choice.
+    """
+
+    encoder: str
+    params: dict[str, Any]
+    seed: int
+    feature: str
+
+    def params_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=str)
+
+
+def classification_rows(
+    parts: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    truths: np.ndarray,
+    label_names: Sequence[str],
+    ids: np.ndarray,
+    patient_ids: np.ndarray,
+    split: Split,
+    round_index: int,
+    provenance: Provenance,
+) -> pd.DataFrame:
+    """One row per (image, label) of the round's validation and test sets.
+
+    Args:
+        parts: ``(split name, rows, scores (len(rows), k))`` for ``val`` and ``test``.
+        truths: ``(n, k)`` 0/1 labels of every row.
+    """
+    frames = []
+    for j, label in enumerate(label_names):
+        for part, rows, scores in parts:
+            if not len(rows):
+                continue
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "image_id": ids[rows],
+                        "patient_id": patient_ids[rows],
+                        "round": round_index,
+                        "fold": split.folds[rows],
+                        "split": part,
+                        "label": label,
+                        "truth": truths[rows, j].astype(np.int64),
+                        "score": scores[:, j],
+                        "C": np.nan,
+                    }
+                )
+            )
+    table = pd.concat(frames, ignore_index=True)
+    table["encoder"], table["feature"], table["probe"] = (
+        provenance.encoder,
+        provenance.feature,
+        PROBE_NAME,
+    )
+    table["params"], table["seed"] = provenance.params_json(), provenance.seed
+    return table[list(CLASSIFICATION_COLUMNS)]
+
+
+def segmentation_rows(
+    parts: Sequence[tuple[str, np.ndarray, dict[str, np.ndarray]]],
+    mask_area: np.ndarray,
+    mask_shape: tuple[int, int],
+    mask_column: str,
+    ids: np.ndarray,
+    patient_ids: np.ndarray,
+    split: Split,
+    round_index: int,
+    best_epoch: int,
+    provenance: Provenance,
+    both_empty: BothEmpty = "one",
+) -> pd.DataFrame:
+    """One row per image of the round's validation and test sets.
+
+    Args:
+        parts: ``(split name, rows, {"tp", "fp", "fn"})`` for ``val`` and ``test``.
+        mask_area: ``(n,)`` foreground fraction of every row's mask.
+    """
+    pixels = float(mask_shape[0] * mask_shape[1])
+    frames = []
+    for part, rows, counts in parts:
+        if not len(rows):
+            continue
+        tp, fp, fn = (np.asarray(counts[k], dtype=np.int64) for k in ("tp", "fp", "fn"))
+        dice, iou = dice_iou_from_counts(tp, fp, fn, both_empty)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "image_id": ids[rows],
+                    "patient_id": patient_ids[rows],
+                    "round": round_index,
+                    "fold": split.folds[rows],
+                    "split": part,
+                    "dice": dice,
+                    "iou": iou,
+                    "tp": tp,
+                    "fp": fp,
+                    "fn": fn,
+                    "mask_area": mask_area[rows],
+                    "pred_area": (tp + fp) / pixels,
+                    "best_epoch": best_epoch,
+                }
+            )
+        )
+    table = pd.concat(frames, ignore_index=True)
+    table["encoder"], table["grid"], table["mask"] = (
+        provenance.encoder,
+        provenance.feature,
+        mask_column,
+    )
+    table["mask_size"] = f"{mask_shape[0]}x{mask_shape[1]}"
+    table["probe"], table["params"] = PROBE_NAME, provenance.params_json()
+    table["seed"] = provenance.seed
+    return table[list(SEGMENTATION_COLUMNS)]
