@@ -139,7 +139,7 @@ def unit_argv(
     else:
         argv += [str(manifest), "--encoder", encoder.spec]
         if encoder.weights is not None:
-            argv += ["--weights", encoder.weights]
+            argv += ["--weights", encoder.weights, "--init-seed", str(encoder.seed)]
     if root is not None:
         argv += ["--root", str(root)]
     argv += ["--label", task.label] if task.label is not None else ["--mask", str(task.mask)]
