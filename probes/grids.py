@@ -45,6 +45,11 @@ class GridSource:
     def read(self, index: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def read_views(self, index: np.ndarray) -> list[list[np.ndarray]]:
+        """Per grid, the rows as a list of ``(h, w, C)`` arrays: views without a copy where
+        the source allows (memory-mapped store shards, in-memory arrays)."""
+        return [list(a) for a in self.read(index)]
+
     def subset(self, index: Any) -> GridSource:
         raise NotImplementedError
 
@@ -70,6 +75,10 @@ class StoreGrids(GridSource):
         rows = self.rows[index]
         return [self.group.read_rows(name, rows) for name in self.names]
 
+    def read_views(self, index: np.ndarray) -> list[list[np.ndarray]]:
+        rows = self.rows[index]
+        return [self.group.row_views(name, rows) for name in self.names]
+
     def subset(self, index: Any) -> StoreGrids:
         return StoreGrids(self.group, self.rows[np.asarray(index, dtype=np.int64)], self.names)
 
@@ -89,6 +98,9 @@ class ArrayGrids(GridSource):
 
     def read(self, index: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(a[index]) for a in self.arrays]
+
+    def read_views(self, index: np.ndarray) -> list[list[np.ndarray]]:
+        return [[a[int(i)] for i in index] for a in self.arrays]
 
     def subset(self, index: Any) -> ArrayGrids:
         index = np.asarray(index, dtype=np.int64)

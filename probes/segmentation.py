@@ -55,7 +55,7 @@ from probes.seg_head import (  # noqa: F401 (interpolation_matrix: re-exported)
     interpolation_matrix,
 )
 from probes.seg_loss import combine_loss, loss_parts, loss_targets
-from probes.seg_step import fused_binary_step
+from probes.seg_step import fused_binary_scores, fused_binary_step
 
 __all__ = [
     "GRID_CHOICES",
@@ -196,12 +196,18 @@ class SegmentationProbe(BaseEstimator):
         finally:
             torch.set_num_threads(before)
 
-    def _stream(self, grids: GridSource, batches, targets=None) -> _Stream:
+    def _stream(self, grids: GridSource, batches, targets=None, views: bool = False) -> _Stream:
+        """Minibatches ``(xs, targets)``: per grid a ``(b, h, w, C)`` tensor, or with ``views``
+        a list of ``b`` row tensors that are views of the store's memory-mapped shards (the
+        fused CPU step converts each row once; nothing copies the batch before that)."""
         device = self._device()
         cuda = device.type == "cuda"
 
         def load(index: np.ndarray):
-            xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in grids.read(index)]
+            if views:
+                xs = [[torch.from_numpy(row) for row in rows] for rows in grids.read_views(index)]
+            else:
+                xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in grids.read(index)]
             # The storage dtype travels as is (half the bytes for float16): converted chunk by
             # chunk on CPU (_ChunkedLinear), on the device on CUDA.
             if cuda:
@@ -217,14 +223,14 @@ class SegmentationProbe(BaseEstimator):
 
     def _to_device(self, xs, targets=None):
         device = self._device()
-        moved = [x.to(device, non_blocking=True) for x in xs]
+        moved = [x if isinstance(x, list) else x.to(device, non_blocking=True) for x in xs]
         if targets is not None:
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
         return moved, targets
 
     def _train_step(self, head, optimizer, xs, targets, class_weights) -> torch.Tensor:
         """One optimiser step on a minibatch; returns its loss."""
-        if head.binary and len(xs) == 1 and xs[0].device.type == "cpu" and not self.dice_weight:
+        if self._fused(head.n_grids):
             optimizer.zero_grad(set_to_none=True)
             loss = fused_binary_step(head, xs[0], targets, class_weights)
             optimizer.step()
@@ -236,6 +242,17 @@ class SegmentationProbe(BaseEstimator):
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+    def _scores(self, head, xs) -> torch.Tensor:
+        """The head's scores; rows streamed as views go through the fused CPU forward."""
+        if isinstance(xs[0], list):
+            return fused_binary_scores(head, xs[0])
+        return head(xs)
+
+    def _fused(self, n_grids: int) -> bool:
+        """Whether training steps take the hand-fused CPU path (:mod:`probes.seg_step`)."""
+        cpu = self._device().type == "cpu"
+        return cpu and self.n_classes == 2 and n_grids == 1 and not self.dice_weight
 
     def _autocast(self):
         device = self._device()
@@ -314,7 +331,8 @@ class SegmentationProbe(BaseEstimator):
         for epoch in epochs:
             head.train()
             total, count = 0.0, 0
-            for batch in self._stream(grids, self._batches(len(grids), rng), take):
+            batches = self._batches(len(grids), rng)
+            for batch in self._stream(grids, batches, take, views=self._fused(head.n_grids)):
                 xs, targets = self._to_device(*batch)
                 loss = self._train_step(head, optimizer, xs, targets, class_weights)
                 total, count = total + loss * len(xs[0]), count + len(xs[0])
@@ -374,10 +392,11 @@ class SegmentationProbe(BaseEstimator):
         head.eval()
         grids, take, n = val
         nll = wsum = inter = denom = 0.0
-        for batch in self._stream(grids, self._batches(n, None), take):
+        fused = self._fused(head.n_grids)
+        for batch in self._stream(grids, self._batches(n, None), take, views=fused):
             xs, targets = self._to_device(*batch)
             with self._autocast():
-                parts = self._loss_parts(head(xs), targets)
+                parts = self._loss_parts(self._scores(head, xs), targets)
             nll, wsum = nll + parts[0], wsum + targets["counts"] @ class_weights
             if self.dice_weight:
                 inter, denom = inter + parts[1], denom + parts[2]
@@ -394,11 +413,12 @@ class SegmentationProbe(BaseEstimator):
         (``(index, probabilities (b, K, H, W) float32)`` with ``proba=True``)."""
         grids = as_grids(X, grid_names(self.grid))
         head, batches = self.head_, self._batches(len(grids), None)
+        stream = self._stream(grids, batches, views=self._fused(head.n_grids))
         with self._threads():
-            for index, (xs, _) in zip(batches, self._stream(grids, batches), strict=True):
+            for index, (xs, _) in zip(batches, stream, strict=True):
                 xs, _ = self._to_device(xs)
                 with self._autocast():
-                    scores = head(xs)
+                    scores = self._scores(head, xs)
                 if not head.binary:
                     out = scores.softmax(1) if proba else scores.argmax(1).to(torch.uint8)
                 elif proba:  # the score is the logit difference d: p1 = sigmoid(d)

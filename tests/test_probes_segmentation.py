@@ -229,13 +229,18 @@ def _written(table: pd.DataFrame, path):
 def test_training_reads_only_minibatches(planted_store, monkeypatch):
     group, *_, masks = planted_store
     asked = []
-    original = group.read_rows
 
-    def spy(name, rows):
-        asked.append(len(np.asarray(rows)))
-        return original(name, rows)
+    def spy(method):
+        original = getattr(group, method)
 
-    monkeypatch.setattr(group, "read_rows", spy)
+        def read(name, rows):
+            asked.append(len(np.asarray(rows)))
+            return original(name, rows)
+
+        monkeypatch.setattr(group, method, read)
+
+    spy("read_rows")  # copies (standardisation pass, validation, prediction)
+    spy("row_views")  # zero-copy rows (the fused CPU training step)
     grids = StoreGrids(group, np.arange(120), ["grid16"])
     probe = _fast(max_epochs=2, batch_size=8, stats_images=40).fit(
         grids, PackedMasks.from_array(masks[:120])
@@ -369,7 +374,7 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
 
     from probes.seg_head import _LinearGridHead
     from probes.seg_loss import loss_targets
-    from probes.seg_step import fused_binary_step
+    from probes.seg_step import fused_binary_scores, fused_binary_step
 
     gen = torch.Generator().manual_seed(0)
     channels = 12
@@ -399,3 +404,6 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+    # the forward alone (validation, prediction), from a list of row views
+    scores = fused_binary_scores(head(), list(grid))
+    torch.testing.assert_close(scores, d[:, None].detach(), rtol=1e-5, atol=1e-5)

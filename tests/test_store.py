@@ -121,6 +121,20 @@ def test_fast_reader_matches_zarr_bitwise(tmp_path):
     assert not group._readers["global"].fast  # unsharded arrays go through zarr
 
 
+def test_row_views_are_the_rows_without_a_copy_and_never_write_the_file(tmp_path):
+    layout = GroupLayout(50, 8, {16: (4, 4, 6), 32: (2, 2, 6)}, rows_per_shard=8)
+    store, group = _make(tmp_path / "s.zarr", layout)
+    group.write_rows(0, _features(20, seed=1))
+    rows = [17, 3, 9, 25]  # 25: never written
+    views = group.row_views("grid16", rows)
+    np.testing.assert_array_equal(np.stack(views), group.read_rows("grid16", rows))
+    assert isinstance(views[0].base, np.memmap) or isinstance(views[0].base.base, np.memmap)
+    before = group.read_rows("grid16", [17]).copy()
+    views[0][...] = 7  # copy-on-write: private to this process, the shard file is unchanged
+    fresh = open_store(tmp_path / "s.zarr").group(group.key)
+    np.testing.assert_array_equal(fresh.read_rows("grid16", [17]), before)
+
+
 def test_damaged_shard_index_is_detected(tmp_path):
     store, group = _make(tmp_path / "s.zarr")
     group.write_rows(0, _features(4))

@@ -94,9 +94,17 @@ class StoreGroup:
 
     def read_rows(self, name: str, rows: Any) -> np.ndarray:
         """Rows of one feature array, any order, as ``(len(rows), ...)``."""
+        return self._reader(name).read(rows)
+
+    def row_views(self, name: str, rows: Any) -> list[np.ndarray]:
+        """Rows of one feature array as a list of read-only ``(...)`` arrays, views of the
+        memory-mapped shard files where the store is local (zero-copy streaming)."""
+        return self._reader(name).row_views(rows)
+
+    def _reader(self, name: str) -> RowReader:
         if name not in self._readers:
             self._readers[name] = RowReader(self.array(name))
-        return self._readers[name].read(rows)
+        return self._readers[name]
 
     # -- writing (used by the extractor; one writer per group, see store.lock) --
 

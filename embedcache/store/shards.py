@@ -99,7 +99,10 @@ class RowReader:
         path = shard_path(folder, shard, len(self.shape))
         entry = None
         if path.exists():
-            data = np.memmap(path, dtype=np.uint8, mode="r")
+            # Copy-on-write ("c"), not "r": the pages are the same page cache, but the views are
+            # writable arrays, so torch.from_numpy takes them without a copy or a warning. A
+            # write to a view would stay private to this process; the file never changes.
+            data = np.memmap(path, dtype=np.uint8, mode="c")
             index_bytes = bytes(data[-(rows * _INDEX_ENTRY + _CRC) : -_CRC])
             crc = int.from_bytes(bytes(data[-_CRC:]), "little")
             if google_crc32c.value(index_bytes) != crc:
@@ -125,6 +128,11 @@ class RowReader:
         if offset == _EMPTY:
             return np.zeros(inner, self.dtype)
         return data[offset : offset + nbytes].view(self.dtype).reshape(inner)
+
+    def row_views(self, rows: Any) -> list[np.ndarray]:
+        """Each row as a read-only array: for local shards a view of the memory-mapped file
+        (no copy: the consumer's own pass over the bytes is the only one), else a copy."""
+        return [self.read_row(int(row)) for row in np.asarray(rows, dtype=np.int64).reshape(-1)]
 
     def read(self, rows: Any) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
