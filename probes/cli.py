@@ -25,13 +25,15 @@ from probes.features import FeatureError, FeatureSet
 from probes.metrics import format_mean_sd, format_median_range
 from probes.results import cross_predict, results_table, summary_table
 from probes.runs import (
+    add_feature_option,
     add_input_options,
     add_output_options,
+    add_split_options,
     make_split,
     open_features,
     write_run,
 )
-from probes.splits import REFERENCE_SEED, LeakageError
+from probes.splits import LeakageError
 
 __all__ = ["COMMANDS", "PLUGINS", "build_parser", "main", "run_linear"]
 
@@ -46,20 +48,8 @@ def register_linear(subparsers) -> None:
     )
     add_input_options(p)
     p.add_argument("--label", action="append", required=True, help="label column (repeatable)")
-    p.add_argument(
-        "--feature",
-        default="global",
-        choices=("global", "grid16", "grid32"),
-        help="feature array; grids are average-pooled over their patches (default: global)",
-    )
-    p.add_argument(
-        "--folds",
-        default="patient",
-        help="'patient' (stratified, grouped by patient_id), 'reference' (the study's seeded "
-        "shuffle, 60/20/20 rotation), or a manifest column of fold ids or train/val/test",
-    )
-    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
-    p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
+    add_feature_option(p)
+    add_split_options(p, "the labels")
     p.add_argument("--mode", default="logistic", choices=("logistic", "sgd-head"))
     p.add_argument(
         "--backend", default="auto", choices=("auto", "numpy", "torch", "sklearn", "cuml")

@@ -29,6 +29,7 @@ from embedcache.provenance import git_commit, library_versions
 from probes.features import FeatureError, FeatureSet
 from probes.results import write_table
 from probes.splits import (
+    REFERENCE_SEED,
     LeakageError,
     Split,
     check_no_leakage,
@@ -37,7 +38,15 @@ from probes.splits import (
     reference_rotation,
 )
 
-__all__ = ["make_split", "open_features", "write_run"]
+__all__ = [
+    "add_feature_option",
+    "add_input_options",
+    "add_output_options",
+    "add_split_options",
+    "make_split",
+    "open_features",
+    "write_run",
+]
 
 
 def add_input_options(p: argparse.ArgumentParser) -> None:
@@ -46,6 +55,30 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
     p.add_argument("--root", help="folder for the manifest's relative paths")
     p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+
+
+def add_feature_option(p: argparse.ArgumentParser) -> None:
+    """``--feature``: which array a probe on vectors reads."""
+    p.add_argument(
+        "--feature",
+        default="global",
+        choices=("global", "grid16", "grid32"),
+        help="feature array; grids are average-pooled over their patches (default: global)",
+    )
+
+
+def add_split_options(p: argparse.ArgumentParser, stratified_on: str) -> None:
+    """``--folds``, ``--n-folds`` and ``--seed`` (read by :func:`make_split`); ``stratified_on``
+    says what the patient folds are stratified on, for the help text."""
+    p.add_argument(
+        "--folds",
+        default="patient",
+        help=f"'patient' (stratified on {stratified_on}, grouped by patient_id), 'reference' "
+        "(the study's seeded shuffle, 60/20/20 rotation), or a manifest column of fold ids or "
+        "train/val/test",
+    )
+    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
+    p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

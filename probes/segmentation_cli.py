@@ -29,6 +29,7 @@ from probes.results import ROW_COLUMNS
 from probes.runs import (
     add_input_options,
     add_output_options,
+    add_split_options,
     make_split,
     open_features,
     write_run,
@@ -242,15 +243,7 @@ def register(subparsers) -> None:
         choices=("one", "exclude"),
         help="Dice/IoU of an image with empty prediction and truth: 1 or left out",
     )
-    p.add_argument(
-        "--folds",
-        default="patient",
-        help="'patient' (grouped by patient_id, "
-        "stratified on empty/non-empty masks), 'reference' (the study's seeded "
-        "60/20/20 rotation) or a manifest column of fold ids or train/val/test",
-    )
-    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
-    p.add_argument("--seed", type=int, default=5656, help="seed (default 5656)")
+    add_split_options(p, "empty vs non-empty masks")
     p.add_argument("--device", default="auto", help="torch device (auto: CUDA when present)")
     p.add_argument("--save-masks", action="store_true", help="add predicted masks as RLE")
     add_output_options(p)

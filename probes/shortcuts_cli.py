@@ -27,14 +27,15 @@ import pandas as pd
 from probes.cli import _binary_labels
 from probes.results import cross_predict, results_table, summary_table, write_table
 from probes.runs import (
+    add_feature_option,
     add_input_options,
     add_output_options,
+    add_split_options,
     make_split,
     open_features,
     write_run,
 )
 from probes.shortcuts import shortcut_probe, shortcut_summary
-from probes.splits import REFERENCE_SEED
 from probes.subgroups import sensitivity_gap, subgroup_table
 
 __all__ = ["BALANCED_SUFFIX", "register", "run_shortcut"]
@@ -55,20 +56,8 @@ def register(subparsers) -> None:
     add_input_options(p)
     p.add_argument("--confounder", required=True, help="binary manifest column (chest_tube)")
     p.add_argument("--label", help="binary label column (pneumothorax): fit the label probes too")
-    p.add_argument(
-        "--feature",
-        default="global",
-        choices=("global", "grid16", "grid32"),
-        help="feature array; grids are average-pooled over their patches (default: global)",
-    )
-    p.add_argument(
-        "--folds",
-        default="patient",
-        help="'patient' (stratified on label x confounder, grouped by patient_id), "
-        "'reference', or a manifest column of fold ids or train/val/test",
-    )
-    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
-    p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
+    add_feature_option(p)
+    add_split_options(p, "label x confounder")
     p.add_argument(
         "--backend", default="auto", choices=("auto", "numpy", "torch", "sklearn", "cuml")
     )

@@ -84,6 +84,37 @@ def put_in_hub_cache(folder: Path, repo_id: str, cache: Path, commit: str) -> No
     (repo / "refs" / "main").write_text(commit)
 
 
+#: A SegFormer of MiT-B4's layout (four stages, overlapping patch embeddings 7/4 then 3/2) with
+#: tiny widths.
+TINY_SEGFORMER = dict(
+    depths=[1, 1, 1, 1],
+    hidden_sizes=[8, 16, 24, 32],
+    num_attention_heads=[1, 1, 2, 2],
+    sr_ratios=[8, 4, 2, 1],
+    decoder_hidden_size=16,
+)
+#: nvidia/segformer-b4-finetuned-ade-512-512's preprocessor_config.json.
+ADE_PROCESSOR = {
+    "image_processor_type": "SegformerImageProcessor",
+    "do_resize": True,
+    "size": 512,
+    "resample": 2,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+
+
+def save_tiny_segformer(folder: Path, seed: int = 3) -> Path:
+    """A tiny random SegformerForSemanticSegmentation (150 ADE classes) saved as a checkpoint
+    folder, loadable through the segformer-b4 preset's ``--weights DIR`` path."""
+    import transformers
+
+    config = transformers.SegformerConfig(**TINY_SEGFORMER, num_labels=150)
+    model = randomise(transformers.SegformerForSemanticSegmentation(config), seed)
+    return save_hf_checkpoint(model, folder, ADE_PROCESSOR)
+
+
 def save_tiny_dinov2(
     folder: Path,
     seed: int = 0,

@@ -15,7 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 import transformers
-from helpers import adapter_input, library_pixels, randomise, save_hf_checkpoint
+from helpers import (
+    ADE_PROCESSOR,
+    TINY_SEGFORMER,
+    adapter_input,
+    library_pixels,
+    randomise,
+    save_hf_checkpoint,
+)
 from transformers import AutoImageProcessor
 
 from embedcache.encoders import build_encoder, resolve_preset
@@ -25,25 +32,6 @@ from embedcache.intake import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 
-#: MiT-B4's layout (four stages, overlapping patch embeddings 7/4 then 3/2), tiny widths.
-TINY = dict(
-    depths=[1, 1, 1, 1],
-    hidden_sizes=[8, 16, 24, 32],
-    num_attention_heads=[1, 1, 2, 2],
-    sr_ratios=[8, 4, 2, 1],
-    decoder_hidden_size=16,
-)
-#: nvidia/segformer-b4-finetuned-ade-512-512's preprocessor_config.json.
-ADE_PROCESSOR = {
-    "image_processor_type": "SegformerImageProcessor",
-    "do_resize": True,
-    "size": 512,
-    "resample": 2,
-    "do_normalize": True,
-    "image_mean": list(IMAGENET_MEAN),
-    "image_std": list(IMAGENET_STD),
-    "reduce_labels": True,
-}
 LAYOUTS = {
     "semantic-segmentation": lambda c: transformers.SegformerForSemanticSegmentation(c),
     "encoder": lambda c: transformers.SegformerModel(c),
@@ -56,7 +44,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for seed, (layout, make) in enumerate(LAYOUTS.items()):
         folder = root / layout
-        model = make(transformers.SegformerConfig(**TINY, num_labels=150))
+        model = make(transformers.SegformerConfig(**TINY_SEGFORMER, num_labels=150))
         folders[layout] = save_hf_checkpoint(randomise(model, seed), folder, ADE_PROCESSOR)
     return folders
 

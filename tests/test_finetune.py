@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import randomise, save_hf_checkpoint
+from helpers import save_tiny_segformer
 
 from embedcache.encoders import build_encoder
 from embedcache.extract import extract
@@ -39,25 +39,6 @@ from probes.segmentation import SegmentationProbe
 
 pytestmark = pytest.mark.usefixtures("offline")
 
-#: A SegFormer of MiT-B4's layout with tiny widths (as tests/test_encoders_segformer.py).
-TINY_SEGFORMER = dict(
-    depths=[1, 1, 1, 1],
-    hidden_sizes=[8, 16, 24, 32],
-    num_attention_heads=[1, 1, 2, 2],
-    sr_ratios=[8, 4, 2, 1],
-    decoder_hidden_size=16,
-)
-#: nvidia/segformer-b4-finetuned-ade-512-512's preprocessor_config.json.
-ADE_PROCESSOR = {
-    "image_processor_type": "SegformerImageProcessor",
-    "do_resize": True,
-    "size": 512,
-    "resample": 2,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
-
 
 @pytest.fixture(scope="module")
 def encoder(tiny_encoder_spec):
@@ -66,9 +47,7 @@ def encoder(tiny_encoder_spec):
 
 @pytest.fixture(scope="module")
 def segformer_dir(tmp_path_factory):
-    config = transformers.SegformerConfig(**TINY_SEGFORMER, num_labels=150)
-    model = randomise(transformers.SegformerForSemanticSegmentation(config), 3)
-    return save_hf_checkpoint(model, tmp_path_factory.mktemp("segformer"), ADE_PROCESSOR)
+    return save_tiny_segformer(tmp_path_factory.mktemp("segformer"))
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

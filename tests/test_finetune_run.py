@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import transformers
-from helpers import randomise, save_hf_checkpoint
+from helpers import save_tiny_segformer
 from PIL import Image
 
 from embedcache.encoders import build_encoder
@@ -34,22 +33,6 @@ from probes.segmentation_cli import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
 pytestmark = pytest.mark.usefixtures("offline")
 
 CHILD = Path(__file__).with_name("finetune_kill_child.py")
-TINY_SEGFORMER = dict(
-    depths=[1, 1, 1, 1],
-    hidden_sizes=[8, 16, 24, 32],
-    num_attention_heads=[1, 1, 2, 2],
-    sr_ratios=[8, 4, 2, 1],
-    decoder_hidden_size=16,
-)
-ADE_PROCESSOR = {
-    "image_processor_type": "SegformerImageProcessor",
-    "do_resize": True,
-    "size": 512,
-    "resample": 2,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
 
 
 def bar_cohort(folder: Path, n: int, seed: int = 0, size: int = 56) -> Path:
@@ -276,9 +259,7 @@ def test_segmentation_end_to_end(phantom_manifest, tiny_encoder_spec, tmp_path, 
 
 @pytest.fixture(scope="module")
 def segformer_dir(tmp_path_factory):
-    config = transformers.SegformerConfig(**TINY_SEGFORMER, num_labels=150)
-    model = randomise(transformers.SegformerForSemanticSegmentation(config), 3)
-    return save_hf_checkpoint(model, tmp_path_factory.mktemp("segformer"), ADE_PROCESSOR)
+    return save_tiny_segformer(tmp_path_factory.mktemp("segformer"))
 
 
 @pytest.mark.parametrize(

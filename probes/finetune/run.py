@@ -241,9 +241,7 @@ def _finetune(
         )
     spec = encoder_spec(encoder_name)
     try:
-        pristine = build_encoder(
-            spec, weights, trust_remote_code=trust_remote_code, seed=init_seed
-        )
+        pristine = build_encoder(spec, weights, trust_remote_code=trust_remote_code, seed=init_seed)
     except KeyError as exc:  # an unknown preset: the registry's message lists the known ones
         raise ValueError(exc.args[0]) from None
     config = config.resolved(pristine.preset.family)
