@@ -30,6 +30,7 @@ __all__ = [
     "cross_predict",
     "read_table",
     "results_table",
+    "row_frame",
     "summary_table",
     "write_table",
 ]
@@ -48,6 +49,30 @@ PREDICTION_COLUMNS = (
     "params",
     "seed",
 )
+
+
+def row_frame(
+    ids: np.ndarray,
+    patient_ids: np.ndarray,
+    folds: np.ndarray,
+    rows: np.ndarray,
+    *,
+    round_index: int,
+    split: str,
+    **columns,
+) -> pd.DataFrame:
+    """The :data:`ROW_COLUMNS` of ``rows`` (image id, patient id, round, fold, split), then
+    ``columns``: the start of every predictions table, linear, segmentation or fine-tune."""
+    return pd.DataFrame(
+        {
+            "image_id": ids[rows],
+            "patient_id": patient_ids[rows],
+            "round": round_index,
+            "fold": folds[rows],
+            "split": split,
+            **columns,
+        }
+    )
 
 
 def cross_predict(
@@ -120,18 +145,17 @@ def cross_predict(
             truths = _positive(Y2[rows], model)
             for j, label in enumerate(label_names):
                 frames.append(
-                    pd.DataFrame(
-                        {
-                            "image_id": ids[rows],
-                            "patient_id": patient_ids[rows],
-                            "round": r.index,
-                            "fold": split.folds[rows],
-                            "split": part,
-                            "label": label,
-                            "truth": truths[:, j],
-                            "score": prob[:, j],
-                            "C": chosen[j],
-                        }
+                    row_frame(
+                        ids,
+                        patient_ids,
+                        split.folds,
+                        rows,
+                        round_index=r.index,
+                        split=part,
+                        label=label,
+                        truth=truths[:, j],
+                        score=prob[:, j],
+                        C=chosen[j],
                     )
                 )
         if on_round is not None:

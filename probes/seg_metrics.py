@@ -69,6 +69,30 @@ def dice_iou_from_counts(
     return dice, iou
 
 
+def segmentation_scores(
+    tp: np.ndarray,
+    fp: np.ndarray,
+    fn: np.ndarray,
+    mask_area: np.ndarray,
+    pixels: float,
+    both_empty: BothEmpty = "one",
+) -> dict[str, np.ndarray]:
+    """The per-image columns of a segmentation predictions table: ``dice``, ``iou``, ``tp``,
+    ``fp``, ``fn``, ``mask_area`` (true foreground fraction) and ``pred_area`` (predicted
+    foreground fraction, ``(tp + fp) / pixels``)."""
+    tp, fp, fn = (np.asarray(v, dtype=np.int64) for v in (tp, fp, fn))
+    dice, iou = dice_iou_from_counts(tp, fp, fn, both_empty)
+    return {
+        "dice": dice,
+        "iou": iou,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "mask_area": mask_area,
+        "pred_area": (tp + fp) / pixels,
+    }
+
+
 def dice_iou(
     pred: np.ndarray, true: np.ndarray, both_empty: BothEmpty = "one"
 ) -> tuple[np.ndarray, np.ndarray]:

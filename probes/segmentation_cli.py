@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from probes.masks import PackedMasks, load_masks
-from probes.results import ROW_COLUMNS
+from probes.results import ROW_COLUMNS, row_frame
 from probes.runs import (
     add_input_options,
     add_output_options,
@@ -38,8 +38,8 @@ from probes.seg_metrics import (
     BothEmpty,
     bootstrap_ci,
     confusion_counts,
-    dice_iou_from_counts,
     pooled_dice,
+    segmentation_scores,
     summarize_folds,
 )
 from probes.segmentation import (
@@ -120,23 +120,15 @@ def cross_validate_segmentation(
 
                     rles += [siim_rle_encode(m) for m in predicted]
             tp, fp, fn = np.concatenate(counts, 1)
-            dice, iou = dice_iou_from_counts(tp, fp, fn, both_empty)
-            frame = pd.DataFrame(
-                {
-                    "image_id": ids[rows],
-                    "patient_id": patients[rows],
-                    "round": r.index,
-                    "fold": split.folds[rows],
-                    "split": part,
-                    "dice": dice,
-                    "iou": iou,
-                    "tp": tp,
-                    "fp": fp,
-                    "fn": fn,
-                    "mask_area": area[rows],
-                    "pred_area": (tp + fp) / pixels,
-                    "best_epoch": model.best_epoch_,
-                }
+            frame = row_frame(
+                ids,
+                patients,
+                split.folds,
+                rows,
+                round_index=r.index,
+                split=part,
+                **segmentation_scores(tp, fp, fn, area[rows], pixels, both_empty),
+                best_epoch=model.best_epoch_,
             )
             if save_masks:
                 frame["pred_rle"] = rles

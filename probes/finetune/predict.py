@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from probes.results import PREDICTION_COLUMNS as CLASSIFICATION_COLUMNS
-from probes.seg_metrics import BothEmpty, dice_iou_from_counts
+from probes.results import row_frame
+from probes.seg_metrics import BothEmpty, segmentation_scores
 from probes.segmentation_cli import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
 from probes.splits import Split
 
@@ -69,18 +70,17 @@ def classification_rows(
             if not len(rows):
                 continue
             frames.append(
-                pd.DataFrame(
-                    {
-                        "image_id": ids[rows],
-                        "patient_id": patient_ids[rows],
-                        "round": round_index,
-                        "fold": split.folds[rows],
-                        "split": part,
-                        "label": label,
-                        "truth": truths[rows, j].astype(np.int64),
-                        "score": scores[:, j],
-                        "C": np.nan,
-                    }
+                row_frame(
+                    ids,
+                    patient_ids,
+                    split.folds,
+                    rows,
+                    round_index=round_index,
+                    split=part,
+                    label=label,
+                    truth=truths[rows, j].astype(np.int64),
+                    score=scores[:, j],
+                    C=np.nan,
                 )
             )
     table = pd.concat(frames, ignore_index=True)
@@ -117,25 +117,17 @@ def segmentation_rows(
     for part, rows, counts in parts:
         if not len(rows):
             continue
-        tp, fp, fn = (np.asarray(counts[k], dtype=np.int64) for k in ("tp", "fp", "fn"))
-        dice, iou = dice_iou_from_counts(tp, fp, fn, both_empty)
+        tp, fp, fn = (counts[k] for k in ("tp", "fp", "fn"))
         frames.append(
-            pd.DataFrame(
-                {
-                    "image_id": ids[rows],
-                    "patient_id": patient_ids[rows],
-                    "round": round_index,
-                    "fold": split.folds[rows],
-                    "split": part,
-                    "dice": dice,
-                    "iou": iou,
-                    "tp": tp,
-                    "fp": fp,
-                    "fn": fn,
-                    "mask_area": mask_area[rows],
-                    "pred_area": (tp + fp) / pixels,
-                    "best_epoch": best_epoch,
-                }
+            row_frame(
+                ids,
+                patient_ids,
+                split.folds,
+                rows,
+                round_index=round_index,
+                split=part,
+                **segmentation_scores(tp, fp, fn, mask_area[rows], pixels, both_empty),
+                best_epoch=best_epoch,
             )
         )
     table = pd.concat(frames, ignore_index=True)
