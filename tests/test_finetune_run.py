@@ -232,6 +232,7 @@ def test_segmentation_end_to_end(phantom_manifest, tiny_encoder_spec, tmp_path, 
             "--augment",
             "--class-weights",
             "1,2",
+            "--save-masks",
             quiet=False,
         )
         == 0
@@ -242,7 +243,12 @@ def test_segmentation_end_to_end(phantom_manifest, tiny_encoder_spec, tmp_path, 
     assert "round 0" in screen.err and "2/2" in screen.err
     assert all(f"{name}=" in screen.err for name in ("train", "val", "val_dice"))
     predictions = read_table(out / "predictions.parquet")
-    assert list(predictions.columns) == list(SEGMENTATION_COLUMNS)
+    assert list(predictions.columns) == [*SEGMENTATION_COLUMNS, "pred_rle"]
+    # the saved masks are the scored ones: their area is the predicted area of every row
+    from embedcache.intake.masks import siim_rle_decode
+
+    for rle, area in zip(predictions["pred_rle"], predictions["pred_area"], strict=True):
+        assert siim_rle_decode(rle, 16, 16).mean() == pytest.approx(area)
     assert set(predictions["round"]) == {0} and set(predictions["grid"]) == {"grid16+grid32"}
     assert set(predictions["mask_size"]) == {"16x16"}  # 4x the tiny encoder's 4x4 grid16
     assert predictions["dice"].between(0, 1).all() and (predictions["fn"] >= 0).all()

@@ -74,6 +74,7 @@ def register(subparsers) -> None:
         "--align-corners", default="true", choices=("true", "false"), help="(reference: true)"
     )
     seg.add_argument("--both-empty", default="one", choices=("one", "exclude"))
+    seg.add_argument("--save-masks", action="store_true", help="add predicted masks as RLE")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument(
@@ -186,6 +187,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             height_column=args.height_column,
             width_column=args.width_column,
             both_empty=args.both_empty,
+            save_masks=args.save_masks,
             n_boot=args.n_boot,
             fmt=args.format,
             allow_leakage=args.allow_leakage,

@@ -34,9 +34,10 @@ class ClassificationObjective:
         return F.binary_cross_entropy_with_logits(out.float(), y)
 
     def eval_parts(
-        self, out: torch.Tensor, target: np.ndarray
+        self, out: torch.Tensor, target: np.ndarray, keep_masks: bool = False
     ) -> tuple[list[float], dict[str, np.ndarray]]:
-        """(loss sums ``[BCE sum, terms]``, per-row ``{"score": (b, k) float64}``)."""
+        """(loss sums ``[BCE sum, terms]``, per-row ``{"score": (b, k) float64}``);
+        ``keep_masks`` is for segmentation and ignored here."""
         y = torch.as_tensor(target, dtype=torch.float32, device=out.device)
         logits = out.float()
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
@@ -86,17 +87,24 @@ class SegmentationObjective:
         return combine_loss(*self._parts(out, target), self.dice_weight)
 
     def eval_parts(
-        self, out: torch.Tensor, target: np.ndarray
+        self, out: torch.Tensor, target: np.ndarray, keep_masks: bool = False
     ) -> tuple[list[float], dict[str, np.ndarray]]:
         """(loss sums ``[nll, weight, Dice intersections..., Dice denominators...]``, per-row
-        ``{"tp", "fp", "fn"}`` pixel counts of the foreground (labels > 0))."""
+        ``{"tp", "fp", "fn"}`` pixel counts of the foreground (labels > 0), and with
+        ``keep_masks`` ``"pred_rle"``, each predicted mask as SIIM RLE at the mask size)."""
         nll, wsum, inter, denom = self._parts(out, target)
         sums = [float(nll), float(wsum)]
         if self.dice_weight:
             sums += inter.tolist() + denom.tolist()
         labels = out[:, 0] > 0 if out.shape[1] == 1 else out.argmax(1) > 0
-        tp, fp, fn = confusion_counts(labels.cpu().numpy(), np.asarray(target) > 0)
-        return sums, {"tp": tp, "fp": fp, "fn": fn}
+        predicted = labels.cpu().numpy()
+        tp, fp, fn = confusion_counts(predicted, np.asarray(target) > 0)
+        per_row = {"tp": tp, "fp": fp, "fn": fn}
+        if keep_masks:
+            from embedcache.intake.masks import siim_rle_encode
+
+            per_row["pred_rle"] = np.array([siim_rle_encode(m) for m in predicted], dtype=object)
+        return sums, per_row
 
     def eval_loss(self, sums: Sequence[float]) -> float:
         if not sums[1]:

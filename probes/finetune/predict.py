@@ -130,6 +130,8 @@ def segmentation_rows(
                 best_epoch=best_epoch,
             )
         )
+        if "pred_rle" in counts:
+            frames[-1]["pred_rle"] = counts["pred_rle"]
     table = pd.concat(frames, ignore_index=True)
     table["encoder"], table["grid"], table["mask"] = (
         provenance.encoder,
@@ -139,4 +141,4 @@ def segmentation_rows(
     table["mask_size"] = f"{mask_shape[0]}x{mask_shape[1]}"
     table["probe"], table["params"] = PROBE_NAME, provenance.params_json()
     table["seed"] = provenance.seed
-    return table[list(SEGMENTATION_COLUMNS)]
+    return table[list(SEGMENTATION_COLUMNS) + (["pred_rle"] if "pred_rle" in table else [])]

@@ -121,6 +121,7 @@ def finetune(
     height_column: str | None = None,
     width_column: str | None = None,
     both_empty: str = "one",
+    save_masks: bool = False,
     n_boot: int = 1000,
     fmt: str = "parquet",
     allow_leakage: bool = False,
@@ -148,6 +149,8 @@ def finetune(
         rounds: indices of the rounds to run (default all).
         device: ``auto``, ``cpu``, ``cuda``... (under torchrun: this process's GPU).
         num_workers: image decoding workers; ``None`` = one per spare core (at most 8).
+        save_masks: segmentation predictions also carry ``pred_rle``, each predicted mask as
+            SIIM RLE at the mask size (the report's overlays), as ``probes seg --save-masks``.
         n_boot: bootstrap resamples per round for the CIs of results.csv.
         num_threads: torch CPU threads during the run (restored after); ``None`` leaves them.
             On a small shared machine one thread can be several times faster than two.
@@ -190,6 +193,7 @@ def finetune(
                 "width_column": width_column,
             },
             both_empty=both_empty,
+            save_masks=save_masks,
             n_boot=n_boot,
             fmt=fmt,
             allow_leakage=allow_leakage,
@@ -222,6 +226,7 @@ def _finetune(
     num_workers: int,
     mask_options: dict[str, Any],
     both_empty: str,
+    save_masks: bool,
     n_boot: int,
     fmt: str,
     allow_leakage: bool,
@@ -318,7 +323,7 @@ def _finetune(
     tables, infos = [], []
     for index in _chosen_rounds(rounds, len(split)):
         table, info = _round(
-            trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch
+            trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch, save_masks
         )
         tables.append(table)
         infos.append(info)
@@ -355,7 +360,7 @@ def _finetune(
     return FinetuneRun(out, predictions, results, summary, split, infos, config, key, rows)
 
 
-def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch):
+def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch, save_masks):
     """Train, score and record round ``index``, or read it back when it is already done.
     Returns ``(predictions, info)``."""
     r = split[index]
@@ -367,7 +372,7 @@ def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epo
         make_model, r.index, r.train, r.val, folder, progress=progress, on_epoch=on_epoch
     )
     parts = [
-        (name, part, trainer.evaluate(result.model, part).outputs)
+        (name, part, trainer.evaluate(result.model, part, keep_masks=save_masks).outputs)
         for name, part in (("val", r.val), ("test", r.test))
         if len(part)
     ]

@@ -293,9 +293,12 @@ class Trainer:
         return total / count if count else float("nan")
 
     @torch.no_grad()
-    def evaluate(self, model: FinetuneModel, rows: np.ndarray) -> Evaluation:
+    def evaluate(
+        self, model: FinetuneModel, rows: np.ndarray, keep_masks: bool = False
+    ) -> Evaluation:
         """Loss, metric and per-row outputs over ``rows``. Each process scores its share; every
-        process gets the whole result, outputs in ``rows`` order."""
+        process gets the whole result, outputs in ``rows`` order. ``keep_masks``: segmentation
+        outputs also carry each predicted mask as RLE (the final scoring only)."""
         model.eval()
         rows = np.asarray(rows, dtype=np.int64)
         sums: list[float] | None = None
@@ -303,7 +306,8 @@ class Trainer:
         for batch in eval_batches(self.images, rows, self.plan):
             with self._autocast():
                 out = model(batch.pixels.to(self.ctx.device, non_blocking=True))
-            parts, per_row = self.objective.eval_parts(out, self.targets.take(batch.rows))
+            target = self.targets.take(batch.rows)
+            parts, per_row = self.objective.eval_parts(out, target, keep_masks)
             sums = parts if sums is None else [a + b for a, b in zip(sums, parts, strict=True)]
             done.append(np.asarray(batch.rows, dtype=np.int64))
             outputs.append(per_row)
