@@ -260,6 +260,12 @@ def test_segmentation_end_to_end(phantom_manifest, tiny_encoder_spec, tmp_path, 
     assert list(results["round"]) == [0] and "dice_ci_low" in results.columns
     run = json.loads((out / "run.json").read_text())
     assert run["task"] == "segmentation" and run["encoder_lr"] == 1e-4
+    # the report draws the overlays on the encoder's own raster, read from run.json
+    from probes.report.overlays import store_preprocessing
+    from probes.report.runs import load_run
+
+    assert store_preprocessing(load_run(out)) == run["preprocessing"]
+    assert run["preprocessing"]["input_size"] > 0
     assert json.loads(predictions["params"].iat[0])["class_weights"] == [1.0, 2.0]
 
 

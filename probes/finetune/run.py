@@ -347,6 +347,7 @@ def _finetune(
             encoder_spec=spec,
             encoder_preset=pristine.preset.name,
             encoder_family=pristine.preset.family,
+            preprocessing=pristine.preprocessing.to_dict(),
             weights=pristine.weights_id,
             encoder_lr=config.encoder_lr,
             head_lr=config.head_lr,

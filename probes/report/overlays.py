@@ -36,16 +36,18 @@ def extreme_cases(run: Run, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def store_preprocessing(run: Run) -> dict[str, Any] | None:
-    """The encoder's preprocessing dict from the run's store group, or None if the store or
-    group cannot be opened or holds none that :class:`Preprocessing` accepts (then images and
-    masks are shown stretched)."""
+    """The encoder's preprocessing dict: the run's own (a fine-tune records it in run.json),
+    else its store group's; None if neither can be read or :class:`Preprocessing` refuses it
+    (then images and masks are shown stretched)."""
     from embedcache.encoders.base import Preprocessing
     from embedcache.store import open_store
 
     try:
-        with open_store(run.info["store"]) as store:
-            attrs = store.group(run.encoder).attrs
-        found = (attrs.get("encoder") or attrs.get("key_material") or {}).get("preprocessing")
+        found = run.info.get("preprocessing")
+        if found is None:
+            with open_store(run.info["store"]) as store:
+                attrs = store.group(run.encoder).attrs
+            found = (attrs.get("encoder") or attrs.get("key_material") or {}).get("preprocessing")
         Preprocessing(**found)
     except Exception:  # a moved, deleted or foreign store: the report still renders, stretched
         return None
