@@ -49,6 +49,7 @@ __all__ = [
     "delong_variance",
     "fold_scores",
     "friedman_nemenyi",
+    "paired_auroc_bootstrap",
     "paired_bootstrap",
     "paired_image_tests",
     "paired_permutation",
@@ -285,6 +286,54 @@ def paired_bootstrap(
     )
 
 
+def paired_auroc_bootstrap(
+    truth,
+    score_a,
+    score_b,
+    *,
+    groups,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> PairedResult:
+    """Paired AUROC difference with a percentile interval and p-value from resampling whole
+    patients (the same draws for both scores).
+
+    DeLong's variance treats images as independent; with several images per patient (MIMIC,
+    CheXpert) its interval is too narrow. This one resamples the unit that is independent.
+    ``groups``: ``(n,)`` patient ids. p-value as :func:`paired_bootstrap`.
+    """
+    from probes.bootstrap import patient_draws, weighted_metrics
+
+    truth = np.asarray(truth).astype(np.int64)
+    codes, uniques = pd.factorize(np.asarray(groups), sort=True)
+    ones = np.ones((1, len(truth)))
+    auroc_a = float(weighted_metrics(truth, score_a, ones)["auroc"][0])
+    auroc_b = float(weighted_metrics(truth, score_b, ones)["auroc"][0])
+    diffs = [
+        weighted_metrics(truth, score_a, w)["auroc"] - weighted_metrics(truth, score_b, w)["auroc"]
+        for w in patient_draws(codes, len(uniques), n_boot, seed)
+    ]
+    boot = np.concatenate(diffs)
+    boot = boot[~np.isnan(boot)]  # a resample with no positive or no negative
+    if not boot.size:
+        raise ValueError("no bootstrap resample has both classes")
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    k = len(boot)
+    below, above = (np.sum(boot <= 0) + 1) / (k + 1), (np.sum(boot >= 0) + 1) / (k + 1)
+    return PairedResult(
+        statistic="auroc",
+        estimate_a=auroc_a,
+        estimate_b=auroc_b,
+        difference=auroc_a - auroc_b,
+        ci_low=float(low),
+        ci_high=float(high),
+        pvalue=float(min(1.0, 2 * min(below, above))),
+        n=len(truth),
+        method="bootstrap over patients",
+    )
+
+
 def paired_permutation(
     values_a, values_b, *, n_perm: int = 10000, seed: int = 0, groups=None
 ) -> PairedResult:
@@ -357,13 +406,15 @@ def paired_image_tests(
 
     Returns one row per comparison: ``label`` ("" for segmentation), ``round`` (-1 = all rounds'
     test rows pooled: each image once per round it was tested in), ``test`` (``delong`` on
-    AUROC, or ``bootstrap`` of mean Dice clustered by patient), ``metric``, ``estimate_a``,
+    AUROC, plus a pooled ``bootstrap`` of AUROC over patients when a patient has several
+    images; ``bootstrap`` of mean Dice clustered by patient), ``metric``, ``estimate_a``,
     ``estimate_b``, ``difference``, ``ci_low``, ``ci_high``, ``pvalue``, ``n`` (images; for
     DeLong also ``n_positive``, ``n_negative``). p-values are not adjusted for multiplicity.
     """
     check_same_folds(dict(zip(names, (a, b), strict=True)))
     if {"truth", "score"} <= set(a.columns) and {"truth", "score"} <= set(b.columns):
-        return _delong_rows(_matched(a, b, ("round", "image_id", "label"), names), names)
+        joined = _matched(a, b, ("round", "image_id", "label"), names)
+        return _delong_rows(joined, names, n_boot, seed)
     if "dice" in a.columns and "dice" in b.columns:
         return _bootstrap_rows(_matched(a, b, ("round", "image_id"), names), n_boot, seed)
     raise ValueError(
@@ -372,11 +423,35 @@ def paired_image_tests(
     )
 
 
-def _delong_rows(joined: pd.DataFrame, names) -> pd.DataFrame:
+def _delong_rows(joined: pd.DataFrame, names, n_boot: int, seed: int) -> pd.DataFrame:
     if (joined["truth_a"] != joined["truth_b"]).any():
         raise ValueError(f"runs {names[0]!r} and {names[1]!r} disagree on truth for some images")
     rows = []
     for label, part in joined.groupby("label", sort=True):
+        if part["patient_id_a"].duplicated().any():  # DeLong alone would be too confident
+            res = paired_auroc_bootstrap(
+                part["truth_a"],
+                part["score_a"],
+                part["score_b"],
+                groups=part["patient_id_a"],
+                n_boot=n_boot,
+                seed=seed,
+            )
+            rows.append(
+                {
+                    "label": label,
+                    "round": -1,
+                    "test": "bootstrap",
+                    "metric": "auroc",
+                    "estimate_a": res.estimate_a,
+                    "estimate_b": res.estimate_b,
+                    "difference": res.difference,
+                    "ci_low": res.ci_low,
+                    "ci_high": res.ci_high,
+                    "pvalue": res.pvalue,
+                    "n": res.n,
+                }
+            )
         blocks = [(-1, part)] + list(part.groupby("round", sort=True))
         for round_, rows_ in blocks:
             res = delong_test(rows_["truth_a"], rows_["score_a"], rows_["score_b"])

@@ -21,10 +21,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from embedcache.intake import load_manifest
 from embedcache.provenance import git_commit
+from probes.bootstrap import clustered_ci, weighted_metrics
 from probes.cli import main
 from probes.metrics import format_mean_sd, format_median_range
 from probes.report import load_run, load_runs
-from probes.report.bootstrap import clustered_ci, weighted_metrics
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
 from probes.results import read_table
 from probes.seg_metrics import bootstrap_ci
@@ -304,11 +304,13 @@ def test_only_runs_on_the_same_folds_are_compared(study):
         ("lin-global", "lin-grid32"),
         ("lin-grid16", "lin-grid32"),
     }
-    assert set(paired["test"]) == {"delong"} and set(paired["label"]) == {
+    # several images per patient in the phantom cohort: DeLong, plus the pooled patient bootstrap
+    assert set(paired["test"]) == {"delong", "bootstrap"} and set(paired["label"]) == {
         "pneumothorax",
         "cardiomegaly",
     }
     assert set(paired["round"]) == {-1, 0, 1, 2, 3, 4}
+    assert set(paired.loc[paired["test"] == "bootstrap", "round"]) == {-1}
     assert "One segmentation run (`seg`): nothing to compare." in markdown
     ranks = pd.read_csv(
         study["out"] / "tables" / "friedman_ranks_classification_1_pneumothorax.csv"

@@ -23,6 +23,7 @@ from probes.stats import (
     delong_variance,
     fold_scores,
     friedman_nemenyi,
+    paired_auroc_bootstrap,
     paired_bootstrap,
     paired_image_tests,
     paired_permutation,
@@ -335,7 +336,11 @@ def test_paired_image_tests_classification_uses_delong_on_matched_rows():
     a, b = classification_runs()
     shuffled = b.sample(frac=1.0, random_state=0)  # rows are matched by key, not by order
     table = paired_image_tests(a, shuffled, names=("good", "weak"))
-    assert set(table["label"]) == {"ptx", "cardio"} and set(table["test"]) == {"delong"}
+    assert set(table["label"]) == {"ptx", "cardio"}
+    # two images per patient here: DeLong per round and pooled, plus the pooled bootstrap
+    # over patients (tested below)
+    assert set(table["test"]) == {"delong", "bootstrap"}
+    table = table[table["test"] == "delong"]
     assert sorted(table["round"].unique()) == [-1, 0, 1, 2]
     key = ["round", "image_id", "label"]
     ta = a[a["split"] == "test"].sort_values(key)
@@ -414,3 +419,53 @@ def test_plot_critical_difference_png(tmp_path):
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert f"CD = {result.critical_difference:.2f}" in texts
     assert any(t.startswith("RAD-DINO") or t.endswith("RAD-DINO") for t in texts)
+
+
+# --- paired AUROC clustered by patient -----------------------------------------------------
+
+
+def _two_scores(n, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    signal = truth + rng.normal(0, 1.2, n)
+    return truth, signal + rng.normal(0, 0.5, n), signal + rng.normal(0, 0.9, n)
+
+
+def test_paired_auroc_bootstrap_agrees_with_delong_for_one_image_per_patient():
+    truth, a, b = _two_scores(600)
+    boot = paired_auroc_bootstrap(truth, a, b, groups=np.arange(600), n_boot=2000, seed=1)
+    ref = delong_test(truth, a, b)
+    assert boot.estimate_a == pytest.approx(roc_auc_score(truth, a), abs=1e-12)
+    assert boot.difference == pytest.approx(ref.difference, abs=1e-12)
+    ratio = (boot.ci_high - boot.ci_low) / (ref.ci_high - ref.ci_low)
+    assert 0.8 < ratio < 1.25
+
+
+def test_paired_auroc_bootstrap_is_not_fooled_by_repeated_images_of_a_patient():
+    """Three identical images per patient: DeLong's interval shrinks by about sqrt(3), as if
+    there were three times the patients; resampling patients keeps the honest width."""
+    truth, a, b = _two_scores(300, seed=2)
+    patients = np.arange(300)
+    once = paired_auroc_bootstrap(truth, a, b, groups=patients, n_boot=2000, seed=3)
+    thrice = paired_auroc_bootstrap(
+        np.tile(truth, 3), np.tile(a, 3), np.tile(b, 3), groups=np.tile(patients, 3), seed=3
+    )
+    width = lambda r: r.ci_high - r.ci_low  # noqa: E731
+    assert width(thrice) == pytest.approx(width(once), rel=0.15)
+    naive = delong_test(np.tile(truth, 3), np.tile(a, 3), np.tile(b, 3))
+    honest = delong_test(truth, a, b)
+    assert width(naive) < 0.65 * width(honest)
+
+
+def test_paired_image_tests_add_a_patient_bootstrap_when_patients_repeat():
+    a2, b2 = classification_runs(n=90)  # two images per patient
+    one_each = [t.assign(patient_id=t["image_id"]) for t in (a2, b2)]
+    assert set(paired_image_tests(*one_each)["test"]) == {"delong"}
+    table = paired_image_tests(a2, b2, n_boot=300)
+    boot = table[table["test"] == "bootstrap"]
+    assert set(boot["label"]) == {"ptx", "cardio"} and set(boot["round"]) == {-1}
+    pooled = table[(table["test"] == "delong") & (table["round"] == -1)]
+    for label in ("ptx", "cardio"):
+        d = pooled[pooled["label"] == label].iloc[0]
+        r = boot[boot["label"] == label].iloc[0]
+        assert r["difference"] == pytest.approx(d["difference"], abs=1e-12)

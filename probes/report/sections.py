@@ -177,10 +177,12 @@ def _comparison(result: Comparison, sink: Sink, stem: str, numbered: bool) -> li
     section = Section(title, level=3).add(
         Text(
             f"{names} tested the same images in every round (checked), so they are compared "
-            "image by image: DeLong's test of paired AUROCs (classification) or a paired "
-            "bootstrap of mean Dice over patients (segmentation), on the test rows of all "
-            "rounds pooled (per-round rows in the CSV). Difference = a - b; p-values are not "
-            "adjusted for multiplicity."
+            "image by image: DeLong's test of paired AUROCs (classification; when a patient "
+            "has several images, also a paired bootstrap of the AUROC difference over "
+            "patients, whose interval does not treat a patient's images as independent) or a "
+            "paired bootstrap of mean Dice over patients (segmentation), on the test rows of "
+            "all rounds pooled (per-round rows in the CSV). Difference = a - b; p-values are "
+            "not adjusted for multiplicity."
         )
     )
     for problem in result.problems:

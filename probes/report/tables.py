@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from probes.bootstrap import clustered_ci
 from probes.metrics import format_mean_sd, format_median_range, summarize
-from probes.report.bootstrap import clustered_ci
 from probes.report.runs import CLASSIFICATION, SEGMENTATION, Run
 from probes.seg_metrics import bootstrap_ci
 

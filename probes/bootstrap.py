@@ -5,6 +5,7 @@ patient was drawn, and every metric is computed from those weights at once, for 
 resamples. Hand-rolled rather than calling scikit-learn per resample (about 3 ms a call, so
 minutes for a report) or :func:`probes.metrics.bootstrap_ci` (which resamples images, not
 patients); ``tests/test_probes_report.py`` checks it against scikit-learn with sample weights.
+Used by the report's pooled CIs and by :func:`probes.stats.paired_auroc_bootstrap`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "clustered_ci", "weighted_metrics"]
+__all__ = ["METRICS", "clustered_ci", "patient_draws", "weighted_metrics"]
 
 METRICS = ("auroc", "auprc", "sens_at_0.5", "spec_at_0.5")
 #: Resample x row cells held at once (~8 bytes each, a few arrays of them).
@@ -80,13 +81,9 @@ def clustered_ci(
     n, c = len(codes), len(uniques)
     if n == 0 or n_boot < 1:
         return dict.fromkeys(METRICS, (float("nan"), float("nan")))
-    rng = np.random.default_rng(seed)
-    per_block = max(1, BLOCK_CELLS // max(n, c))
     parts: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    for b in np.diff(np.r_[np.arange(0, n_boot, per_block), n_boot]):
-        drawn = rng.integers(0, c, size=(int(b), c)) + c * np.arange(int(b))[:, None]
-        counts = np.bincount(drawn.ravel(), minlength=int(b) * c).reshape(int(b), c)
-        for metric, values in weighted_metrics(truth, score, counts[:, codes]).items():
+    for weights in patient_draws(codes, c, n_boot, seed):
+        for metric, values in weighted_metrics(truth, score, weights).items():
             parts[metric].append(values)
     alpha = (1.0 - level) / 2.0
     out = {}
@@ -99,3 +96,20 @@ def clustered_ci(
             low, high = np.quantile(values, [alpha, 1.0 - alpha])
             out[metric] = (float(low), float(high))
     return out
+
+
+def patient_draws(codes: np.ndarray, n_groups: int, n_boot: int, seed: int):
+    """Blocks of bootstrap row weights ``(b, n)``: each resample draws ``n_groups`` whole groups
+    (patients) with replacement and a row's weight is how often its group was drawn.
+
+    Args:
+        codes: ``(n,)`` group code of every row, ``0 .. n_groups - 1``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(codes)
+    per_block = max(1, BLOCK_CELLS // max(n, n_groups))
+    for b in np.diff(np.r_[np.arange(0, n_boot, per_block), n_boot]):
+        drawn = rng.integers(0, n_groups, size=(int(b), n_groups))
+        drawn += n_groups * np.arange(int(b))[:, None]
+        counts = np.bincount(drawn.ravel(), minlength=int(b) * n_groups)
+        yield counts.reshape(int(b), n_groups)[:, codes]
