@@ -195,7 +195,8 @@ def test_two_groups_need_an_encoder(cohort):
 def test_probes_imports_without_the_encoder_zoo():
     code = (
         "import sys, probes, probes.linear, probes.features, probes.splits, probes.metrics, "
-        "probes.results, probes.cli\n"
+        "probes.results, probes.cli, probes.segmentation, probes.stats, probes.subgroups, "
+        "probes.shortcuts, probes.report, probes.study\n"
         "heavy = [m for m in ('transformers', 'timm', 'open_clip') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
