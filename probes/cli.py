@@ -19,9 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from probes.features import FeatureError, FeatureSet
+from probes.features import FeatureError, FeatureSet, binary_labels
 from probes.metrics import format_mean_sd, format_median_range
 from probes.results import cross_predict, results_table, summary_table
 from probes.runs import (
@@ -122,7 +120,7 @@ def run_linear(args: argparse.Namespace) -> int:
     from probes.linear import LinearProbe, SGDHeadProbe
 
     fs = open_features(args, args.feature)
-    Y, positives = _binary_labels(fs, args.label)
+    Y, positives = binary_labels(fs.labels, args.label)
     split = make_split(fs, args, strata=Y)
     balance = fs.labels(args.balance_by) if args.balance_by else None
     X = fs.load()
@@ -167,22 +165,6 @@ def run_linear(args: argparse.Namespace) -> int:
     )
     print(_format_summary(results, fs, split, out))
     return 0
-
-
-def _binary_labels(fs: FeatureSet, columns: list[str]) -> tuple[np.ndarray, dict[str, object]]:
-    """``(n, k)`` 0/1 labels (positive = the larger value) and the positive value per column."""
-    columns_out, positives = [], {}
-    for column in columns:
-        values = fs.labels(column)
-        classes = np.unique(values)
-        if len(classes) != 2:
-            raise FeatureError(
-                f"label column {column!r} has {len(classes)} distinct values "
-                f"({classes[:5].tolist()}); a binary probe needs exactly two"
-            )
-        columns_out.append((values == classes[1]).astype(np.int64))
-        positives[column] = classes[1].item() if hasattr(classes[1], "item") else classes[1]
-    return np.column_stack(columns_out), positives
 
 
 def _format_summary(results, fs: FeatureSet, split, out: Path) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from embedcache.intake.manifest import Manifest, load_manifest
 from embedcache.store.api import EmbeddingStore, StoreGroup, open_store
 from embedcache.store.layout import FEATURE_ARRAYS, GLOBAL
 
-__all__ = ["FeatureError", "FeatureSet"]
+__all__ = ["FeatureError", "FeatureSet", "binary_labels"]
 
 MAX_LISTED = 10
 #: Rows read from the store per ``read_rows`` call (bounds the temporary memory of ``load``).
@@ -190,6 +191,26 @@ class FeatureSet:
             self.patient_ids = self.table["patient_id"].to_numpy(dtype=str)
         else:  # a cohort without patient ids: every image its own patient
             self.patient_ids = self.ids.copy()
+
+
+def binary_labels(
+    labels: Callable[[str], np.ndarray], columns: Sequence[str]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(n, k)`` int64 0/1 labels of ``columns`` (positive = the larger of the two values) and
+    the positive value of each column; ``labels(column)`` gives a column's ``(n,)`` values
+    (``FeatureSet.labels``, or the fine-tune's manifest rows). Not two values: FeatureError."""
+    out, positives = [], {}
+    for column in columns:
+        values = labels(column)
+        classes = np.unique(values)
+        if len(classes) != 2:
+            raise FeatureError(
+                f"label column {column!r} has {len(classes)} distinct values "
+                f"({classes[:5].tolist()}); a binary probe needs exactly two"
+            )
+        out.append((values == classes[1]).astype(np.int64))
+        positives[column] = classes[1].item() if hasattr(classes[1], "item") else classes[1]
+    return np.column_stack(out), positives
 
 
 def resolve_encoder(keys: list[str], encoder: str | None, where: object = "the store") -> str:

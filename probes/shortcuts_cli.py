@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from probes.cli import _binary_labels
+from probes.features import binary_labels
 from probes.results import cross_predict, results_table, summary_table, write_table
 from probes.runs import (
     add_feature_option,
@@ -84,11 +84,11 @@ def run_shortcut(args: argparse.Namespace) -> int:
     if args.label is not None and args.label == args.confounder:
         raise ValueError(f"--label and --confounder are both {args.label!r}")
     fs = open_features(args, args.feature)
-    coded, positives = _binary_labels(fs, [args.confounder])
+    coded, positives = binary_labels(fs.labels, [args.confounder])
     confounder = coded[:, 0]
     label = None
     if args.label is not None:
-        coded_label, label_positive = _binary_labels(fs, [args.label])
+        coded_label, label_positive = binary_labels(fs.labels, [args.label])
         label = coded_label[:, 0]
         positives.update(label_positive)
     strata = confounder if label is None else np.column_stack([label, confounder])

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from embedcache.extract.batches import Batch, CohortImages, collate
 from embedcache.intake.images import ImageReadError
 from embedcache.intake.manifest import Manifest
-from probes.features import FeatureSet
+from probes.features import FeatureSet, binary_labels
 
 
 class ManifestRows:
@@ -154,15 +154,5 @@ def default_workers() -> int:
 def label_table(rows: ManifestRows, columns: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
     """``(n, k)`` 0/1 float32 labels (positive = the larger of two values, as the probes) and the
     positive value of each column."""
-    out, positives = [], {}
-    for column in columns:
-        values = rows.labels(column)
-        classes = np.unique(values)
-        if len(classes) != 2:
-            raise ValueError(
-                f"label column {column!r} has {len(classes)} distinct values "
-                f"({classes[:5].tolist()}); a binary fine-tune needs exactly two"
-            )
-        out.append((values == classes[1]).astype(np.float32))
-        positives[column] = classes[1].item() if hasattr(classes[1], "item") else classes[1]
-    return np.column_stack(out), positives
+    labels, positives = binary_labels(rows.labels, columns)
+    return labels.astype(np.float32), positives
