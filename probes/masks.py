@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -36,7 +36,10 @@ __all__ = [
     "MaskSource",
     "PackedMasks",
     "image_size_of",
+    "image_to_model_input",
     "load_masks",
+    "mask_reader",
+    "mask_shape",
     "to_model_input",
 ]
 
@@ -319,3 +322,19 @@ def load_masks(
         width_column=width_column,
     )
     return source.load(size, preprocessing=geometry, workers=workers, progress=progress)
+
+
+def mask_reader(y: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``take(index) -> (b, h, w)`` class labels, from PackedMasks or an ``(n, h, w)`` array."""
+    if isinstance(y, PackedMasks):
+        return y.take
+    y = np.asarray(y)
+    if y.ndim != 3:
+        raise ValueError(f"masks must be (n, h, w), got shape {y.shape}")
+    return lambda index: y[index]
+
+
+def mask_shape(y: Any) -> tuple[int, int]:
+    """``(h, w)`` of PackedMasks or of an ``(n, h, w)`` array."""
+    shape = y.shape if isinstance(y, PackedMasks) else np.shape(y)[1:]
+    return (int(shape[0]), int(shape[1]))

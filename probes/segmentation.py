@@ -18,11 +18,13 @@ stopping on validation loss. Two exact rewrites make it cheap and deterministic:
 Features are standardised per channel (statistics from a bounded sample of training images) by
 folding mean and scale into the effective weights, which costs nothing per pixel.
 
-Memory does not grow with N: every pass reads shuffled minibatches of rows (``batch_size`` rows
-per ``read_rows`` call, sorted within the batch for locality) while a background thread reads
-the next ones and prepares their targets; masks are held bit-packed at the training resolution.
-Grids travel in their storage dtype: on CPU float16 is converted chunk by chunk inside the
-products (never a float32 copy of the batch), on CUDA after the transfer, under bf16 autocast.
+Memory does not grow with N: every pass reads shuffled minibatches of rows (``batch_size`` rows,
+sorted within the batch for locality) while a background thread reads the next ones and prepares
+their targets; masks are held bit-packed at the training resolution. Grids travel in their
+storage dtype: on CPU the common case (two classes, one grid, no Dice) takes the rows as views
+of the memory-mapped shards and the hand-fused step of :mod:`probes.seg_step` converts each once
+in cache; otherwise float16 is converted chunk by chunk inside the products (never a float32
+copy of the batch), and on CUDA after the transfer, under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from probes.grids import (
     as_grids,
     grid_names,
 )
-from probes.masks import PackedMasks
+from probes.masks import mask_reader, mask_shape
 from probes.seg_head import (  # noqa: F401 (interpolation_matrix: re-exported)
     CHUNK_PIXELS,
     _ChunkedLinear,
@@ -56,6 +58,7 @@ from probes.seg_head import (  # noqa: F401 (interpolation_matrix: re-exported)
 )
 from probes.seg_loss import combine_loss, loss_parts, loss_targets
 from probes.seg_step import fused_binary_scores, fused_binary_step
+from probes.splits import holdout
 
 __all__ = [
     "GRID_CHOICES",
@@ -77,20 +80,6 @@ REFERENCE_PARAMS = {
     "align_corners": True,
 }
 REFERENCE_CLASS_WEIGHTS = {"pneumothorax": (1.0, 5.0), "heart": (1.0, 1.0)}
-
-
-def _as_targets(y: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``take(index) -> (b, h, w)`` class labels, from PackedMasks or an ``(n, h, w)`` array."""
-    if isinstance(y, PackedMasks):
-        return y.take
-    y = np.asarray(y)
-    if y.ndim != 3:
-        raise ValueError(f"masks must be (n, h, w), got shape {y.shape}")
-    return lambda index: y[index]
-
-
-def _mask_shape(y: Any) -> tuple[int, int]:
-    return tuple(y.shape) if isinstance(y, PackedMasks) else tuple(np.shape(y)[1:])  # type: ignore[return-value]
 
 
 class SegmentationProbe(BaseEstimator):
@@ -289,7 +278,7 @@ class SegmentationProbe(BaseEstimator):
 
     def _fit(self, X: Any, y: Any, eval_set, groups) -> SegmentationProbe:
         names = grid_names(self.grid)
-        grids, take = as_grids(X, names), _as_targets(y)
+        grids, take = as_grids(X, names), mask_reader(y)
         if len(grids) != len(y):
             raise ValueError(f"{len(grids)} grid rows but {len(y)} masks")
         weights = self.class_weights or [1.0] * self.n_classes
@@ -305,13 +294,13 @@ class SegmentationProbe(BaseEstimator):
         val = None
         if self.early_stopping:
             if eval_set is not None:
-                val = (as_grids(eval_set[0], names), _as_targets(eval_set[1]), len(eval_set[1]))
+                val = (as_grids(eval_set[0], names), mask_reader(eval_set[1]), len(eval_set[1]))
             else:
-                train_index, val_index = _holdout(len(grids), self.validation_fraction, groups, rng)
+                train_index, val_index = holdout(len(grids), self.validation_fraction, groups, rng)
                 val = (grids.subset(val_index), _subset_take(take, val_index), len(val_index))
                 grids, take = grids.subset(train_index), _subset_take(take, train_index)
 
-        self.mask_shape_ = _mask_shape(y)
+        self.mask_shape_ = mask_shape(y)
         self.grid_shapes_ = list(grids.shapes)
         head = _LinearGridHead(
             grids.shapes, self.n_classes, self.mask_shape_, self.align_corners, generator
@@ -440,7 +429,7 @@ class SegmentationProbe(BaseEstimator):
         """Mean per-image Dice of the foreground (labels > 0); both-empty images count 1."""
         from probes.seg_metrics import confusion_counts, dice_iou_from_counts
 
-        take, counts = _as_targets(y), []
+        take, counts = mask_reader(y), []
         for index, labels in self.iter_predict(X):
             counts.append(np.stack(confusion_counts(labels > 0, take(index) > 0)))
         return float(np.nanmean(dice_iou_from_counts(*np.concatenate(counts, 1))[0]))
@@ -448,20 +437,3 @@ class SegmentationProbe(BaseEstimator):
 
 def _subset_take(take: Callable, index: np.ndarray) -> Callable:
     return lambda i: take(index[i])
-
-
-def _holdout(n: int, fraction: float, groups, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices; whole groups go to validation when groups are given."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must lie in (0, 1), got {fraction}")
-    if groups is None:
-        order = rng.permutation(n)
-        n_val = max(1, int(round(fraction * n)))
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
-    groups = np.asarray(groups)
-    if len(groups) != n:
-        raise ValueError(f"groups has {len(groups)} entries for {n} rows")
-    unique = rng.permutation(np.unique(groups))
-    n_val = max(1, int(round(fraction * len(unique))))
-    is_val = np.isin(groups, unique[:n_val])
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -24,6 +24,7 @@ __all__ = [
     "Round",
     "Split",
     "check_no_leakage",
+    "holdout",
     "column_split",
     "patient_folds",
     "patient_split",
@@ -225,3 +226,21 @@ def check_no_leakage(split: Split, patient_ids) -> None:
 
 def _where(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask).astype(np.int64)
+
+
+def holdout(n: int, fraction: float, groups, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation row positions, ``fraction`` held out at random (``rng``); whole
+    groups (patients) go to validation when ``groups`` is given."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {fraction}")
+    if groups is None:
+        order = rng.permutation(n)
+        n_val = max(1, int(round(fraction * n)))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+    unique = rng.permutation(np.unique(groups))
+    n_val = max(1, int(round(fraction * len(unique))))
+    is_val = np.isin(groups, unique[:n_val])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -156,3 +156,15 @@ def test_only_keeps_the_named_rounds_and_the_fold_assignment():
         np.testing.assert_array_equal(r.val, split[r.index].val)
     with pytest.raises(ValueError, match=r"round\(s\) \[7\]"):
         split.only([7])
+
+
+def test_holdout_keeps_patients_whole_and_is_seeded():
+    from probes.splits import holdout
+
+    groups = np.repeat(np.arange(20), 3)
+    train, val = holdout(60, 0.2, groups, np.random.default_rng(0))
+    assert not set(groups[train]) & set(groups[val]) and len(val) == 12  # 4 of 20 patients
+    again = holdout(60, 0.2, groups, np.random.default_rng(0))
+    np.testing.assert_array_equal(again[1], val)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        holdout(60, 1.0, None, np.random.default_rng(0))
