@@ -53,9 +53,7 @@ def fused_binary_step(
 
     Returns the loss (the weighted mean over pixels, as :func:`probes.seg_loss.combine_loss`).
     """
-    weight, bias = head.effective(0)
-    w_eff = weight[1] - weight[0]
-    b_eff = bias[1] - bias[0] + head.bias[1] - head.bias[0]
+    w_eff, b_eff = _logit_difference(head)
     w, b = w_eff.detach(), b_eff.detach()
     n = len(grid)
     # Two halves of the minibatch, each summed on its own and added in a fixed order: the
@@ -80,40 +78,44 @@ def fused_binary_scores(head, grid: torch.Tensor | Sequence[torch.Tensor]) -> to
     """``head([grid])`` for a binary one-grid head on CPU: ``(B, 1, H, W)`` logit differences,
     each row converted to float32 once in cache (rows may be views of the store's shards, so
     validation and prediction copy no minibatch either)."""
-    weight, bias = head.effective(0)
-    w = weight[1] - weight[0]
-    b = bias[1] - bias[0] + head.bias[1] - head.bias[0]
-    n, (h, wd, c) = len(grid), grid[0].shape
-    out = torch.empty(n, 1, len(head.out_rows), len(head.out_cols))
-    per_group = max(1, GROUP_PIXELS // (h * wd))
-    scratch = torch.empty(min(per_group, n) * h * wd, c)
-    for start in range(0, n, per_group):
-        k = min(per_group, n - start)
-        part = scratch[: k * h * wd]
-        for j in range(k):
-            part[j * h * wd : (j + 1) * h * wd].copy_(grid[start + j].reshape(h * wd, c))
-        z = torch.mv(part, w).add_(b).view(k, h, wd)
-        if head.upsample:
-            z = torch.matmul(torch.matmul(head.out_rows, z), head.out_cols.T)
-        out[start : start + k, 0] = z
+    w, b = _logit_difference(head)
+    out = torch.empty(len(grid), 1, len(head.out_rows), len(head.out_cols))
+    for start, k, _, d in _forward_groups(head, grid, w, b, 0, len(grid)):
+        out[start : start + k, 0] = d
     return out
 
 
-def _partial(head, grid, targets, w, b, lo: int, hi: int):
-    """(weight gradient, bias gradient, NLL) of rows ``lo..hi``, unscaled."""
-    (h, wd, c), rows, cols = grid[lo].shape, head.out_rows, head.out_cols
+def _logit_difference(head) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``(C,)`` and bias of the logit difference ``z1 - z0`` on raw grid features
+    (standardisation folded in; differentiable in the head's parameters)."""
+    weight, bias = head.effective(0)
+    return weight[1] - weight[0], bias[1] - bias[0] + head.bias[1] - head.bias[0]
+
+
+def _forward_groups(head, grid, w, b, lo: int, hi: int):
+    """For each group of rows ``lo..hi``: ``(start, k, part, d)``, where ``part`` is the group
+    converted to float32 (``(k * h * w, C)``, a reused cache-sized buffer, valid until the next
+    group) and ``d`` its logit differences at the mask resolution ``(k, H, W)``."""
+    h, wd, c = grid[lo].shape
     per_group = max(1, GROUP_PIXELS // (h * wd))
     scratch = torch.empty(min(per_group, hi - lo) * h * wd, c)
-    grad_w = torch.zeros(c)
-    grad_b = torch.zeros((), dtype=torch.float64)
-    nll = torch.zeros((), dtype=torch.float64)
     for start in range(lo, hi, per_group):
         k = min(per_group, hi - start)
         part = scratch[: k * h * wd]
         for j in range(k):  # the only pass over the stored bytes: float16 -> float32, in cache
             part[j * h * wd : (j + 1) * h * wd].copy_(grid[start + j].reshape(h * wd, c))
         z = torch.mv(part, w).add_(b).view(k, h, wd)
-        d = torch.matmul(torch.matmul(rows, z), cols.T) if head.upsample else z
+        if head.upsample:
+            z = torch.matmul(torch.matmul(head.out_rows, z), head.out_cols.T)
+        yield start, k, part, z
+
+
+def _partial(head, grid, targets, w, b, lo: int, hi: int):
+    """(weight gradient, bias gradient, NLL) of rows ``lo..hi``, unscaled."""
+    grad_w = torch.zeros(len(w))
+    grad_b = torch.zeros((), dtype=torch.float64)
+    nll = torch.zeros((), dtype=torch.float64)
+    for start, k, part, d in _forward_groups(head, grid, w, b, lo, hi):
         sign = targets["sign"][start : start + k]
         pixel_weight = targets["weight"][start : start + k]
         t = d * sign  # the loss of a pixel is weight * softplus(t)
@@ -121,9 +123,10 @@ def _partial(head, grid, targets, w, b, lo: int, hi: int):
         nll += softplus(t).mul_(pixel_weight).sum(dtype=torch.float64)
         # d loss / d d = weight * sign * sigmoid(t)
         grad_d = torch.sigmoid(t).mul_(sign).mul_(pixel_weight)
-        grad_z = torch.matmul(torch.matmul(rows.T, grad_d), cols) if head.upsample else grad_d
-        grad_w.addmv_(part.T, grad_z.reshape(-1))
-        grad_b += grad_z.sum(dtype=torch.float64)
+        if head.upsample:  # the transposed upsampling
+            grad_d = torch.matmul(torch.matmul(head.out_rows.T, grad_d), head.out_cols)
+        grad_w.addmv_(part.T, grad_d.reshape(-1))
+        grad_b += grad_d.sum(dtype=torch.float64)
     return grad_w, grad_b, nll
 
 
