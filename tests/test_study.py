@@ -127,9 +127,11 @@ def test_units_merge_to_the_same_run_as_one_whole_command(tmp_path, tiny_encoder
     # Editing a protocol makes its units stale (run again); the others are reused.
     path = study.source
     path.write_text(path.read_text().replace("epochs = 40", "epochs = 30"))
+    untouched = (merged / "run.json").stat().st_ino
     again = run_study(load_study(path), report=False, progress=False, log=lambda _: None)
     assert {(u.task, u.protocol) for u in again.ran} == {("heart", "seg16")}
     assert len(again.ran) == 4 and len(again.reused) == 4
+    assert (merged / "run.json").stat().st_ino == untouched  # a run with no new unit: not merged
 
 
 def _done_units(out: Path) -> dict[Path, int]:

@@ -107,10 +107,12 @@ def run_study(
         os.replace(partial, folder)
         result.ran.append(unit)
 
+    ran = set(result.ran)
     for (task, encoder, protocol, seed), run_units in iter_runs(units):
         name = f"{task}__{encoder}__{protocol}__seed-{seed}"
         target = out / "runs" / name
-        if result.ran or not (target / "run.json").is_file():
+        # merged again only if one of its units ran now (or it was never merged)
+        if not (target / "run.json").is_file() or ran.intersection(run_units):
             extra = dict(study=study.name, task=task, protocol=protocol, seed=seed)
             extra["encoder_name"] = encoder
             merge_run([u.folder(out) for u in run_units], target, name=name, extra=extra)
