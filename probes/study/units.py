@@ -135,7 +135,8 @@ def unit_argv(
     argv = [protocol.command]
     if protocol.reads_store:
         argv += [cohort.store, "--manifest", str(manifest), "--encoder", str(store_key)]
-        argv.append("--allow-subset")  # a task's `where` reads a subset of the store's images
+        if task.where is not None:  # the task reads a subset of the store's images
+            argv.append("--allow-subset")
     else:
         argv += [str(manifest), "--encoder", encoder.spec]
         if encoder.weights is not None:
