@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/embedcache demo --out demo-output
+	HF_HUB_OFFLINE=1 $(VENV)/bin/probes demo --out demo-output
 
 # The report's browser test needs Debian's Chromium (as root it is installed here; elsewhere the
 # test skips unless CI is set, where a missing browser fails it).

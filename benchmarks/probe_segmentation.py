@@ -52,7 +52,7 @@ def _blobs(rng: np.random.Generator, n: int, side: int) -> np.ndarray:
 
 def build(work: Path, n: int, side: int, channels: int, rows_per_shard: int = 64) -> None:
     """Write the store (``work/s.zarr``) and the masks (``work/masks.npy``, bit-packed)."""
-    from probes.masks import PackedMasks
+    from probes.segmentation.masks import PackedMasks
 
     rng = np.random.default_rng(0)
     half = side // 2
@@ -88,7 +88,7 @@ def build(work: Path, n: int, side: int, channels: int, rows_per_shard: int = 64
 
 
 def _probe(**kw):
-    from probes.segmentation import SegmentationProbe
+    from probes.segmentation.probe import SegmentationProbe
 
     base = dict(batch_size=32, device="cpu", seed=0, lr=1e-2)
     return SegmentationProbe(**{**base, **kw})
@@ -96,8 +96,8 @@ def _probe(**kw):
 
 def time_epoch(work: Path, n: int, side: int, repeats: int) -> None:
     """(a): one probe epoch vs a plain streamed read in the same minibatch order."""
-    from probes.masks import PackedMasks
-    from probes.segmentation import StoreGrids
+    from probes.segmentation.masks import PackedMasks
+    from probes.segmentation.probe import StoreGrids
 
     store = open_store(work / "s.zarr")
     group = store.group(KEY)
@@ -119,7 +119,7 @@ def time_epoch(work: Path, n: int, side: int, repeats: int) -> None:
     # batch count: what an epoch costs when a spare core hides the reads completely.
     import torch
 
-    from probes.seg_head import _LinearGridHead
+    from probes.segmentation.head import _LinearGridHead
 
     held = list(itertools.islice(probe._stream(grids, batches[:8], masks.take), 8))
     head = _LinearGridHead(grids.shapes, 2, masks.shape, True, torch.Generator().manual_seed(0))
@@ -182,8 +182,8 @@ def drop_page_cache() -> bool:
 def time_cold_epoch(work: Path, n: int, side: int, repeats: int) -> None:
     """(a') the same comparison from a cold page cache: the case of a cohort whose grids do not
     fit in memory (400k RAD-DINO grid16 rows are 840 GB), where both read from the disk."""
-    from probes.masks import PackedMasks
-    from probes.segmentation import StoreGrids
+    from probes.segmentation.masks import PackedMasks
+    from probes.segmentation.probe import StoreGrids
 
     if not drop_page_cache():
         print("(a') cold cache: skipped (dropping the page cache needs root)")
@@ -228,9 +228,9 @@ def child_memory(work: Path, n: int, side: int, epochs: int) -> None:
     """(b), in a fresh process: peak anonymous memory of one whole probe run on N images."""
     import torch
 
-    from probes.masks import PackedMasks
-    from probes.seg_metrics import confusion_counts, dice_iou_from_counts
-    from probes.segmentation import StoreGrids
+    from probes.segmentation.masks import PackedMasks
+    from probes.segmentation.metrics import confusion_counts, dice_iou_from_counts
+    from probes.segmentation.probe import StoreGrids
 
     torch.set_num_threads(torch.get_num_threads())  # initialise the thread pool before the base
     store = open_store(work / "s.zarr")

@@ -174,13 +174,6 @@ def _cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from embedcache.demo import run_demo
-
-    run_demo(args.out, n_patients=args.patients, progress=not args.no_progress)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedcache", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,10 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="one encoder group (default: all)")
     _add_storage_options(p)
     sub.add_parser("encoders", help="list encoder presets")
-    p = sub.add_parser("demo", help="offline demo on a synthetic cohort")
-    p.add_argument("--out", default="demo-output")
-    p.add_argument("--patients", type=int, default=24)
-    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -206,7 +195,6 @@ _COMMANDS = {
     "info": _cmd_info,
     "verify": _cmd_verify,
     "encoders": _cmd_encoders,
-    "demo": _cmd_demo,
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from embedcache.demo import run_demo
 from embedcache.store import open_store
 from embedcache.store.verify import verify_group
+from probes.demo import run_demo
 
 
 def test_demo_extracts_verifies_and_probes(tmp_path, capsys):

@@ -24,7 +24,7 @@ from embedcache.encoders import build_encoder
 from embedcache.extract import extract
 from embedcache.extract.batches import CohortImages
 from embedcache.intake import load_manifest
-from probes.features import FeatureSet
+from probes.core.features import FeatureSet
 from probes.finetune import FinetuneConfig, default_encoder_lr, finetune
 from probes.finetune import checkpoint as ckpt
 from probes.finetune.augment import augment_batch
@@ -32,10 +32,10 @@ from probes.finetune.data import Plan, eval_batches, train_batches
 from probes.finetune.model import build_model, enable_gradient_checkpointing
 from probes.finetune.optim import encoder_depths, make_optimizer
 from probes.finetune.train import EarlyStopping
-from probes.linear import LinearProbe
-from probes.masks import load_masks
-from probes.seg_head import _LinearGridHead
-from probes.segmentation import SegmentationProbe
+from probes.linear.probe import LinearProbe
+from probes.segmentation.head import _LinearGridHead
+from probes.segmentation.masks import load_masks
+from probes.segmentation.probe import SegmentationProbe
 
 pytestmark = pytest.mark.usefixtures("offline")
 

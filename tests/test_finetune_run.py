@@ -25,10 +25,10 @@ from PIL import Image
 from embedcache.encoders import build_encoder
 from embedcache.extract import extract
 from probes.cli import main
+from probes.core.results import PREDICTION_COLUMNS, read_table
 from probes.finetune import FinetuneConfig, finetune
 from probes.finetune import checkpoint as ckpt
-from probes.results import PREDICTION_COLUMNS, read_table
-from probes.segmentation_cli import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
+from probes.segmentation.run import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -302,7 +302,7 @@ def test_two_processes_under_torchrun(small_bars, tiny_encoder_spec, tmp_path):
     assert torchrun is not None, "torchrun is installed with torch"
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "-m", "probes.finetune.cli", "finetune"]
+        [torchrun, "--nproc-per-node", "2", "-m", "probes.cli.finetune", "finetune"]
         + [str(small_bars), "--encoder", tiny_encoder_spec, "--label", "target"]
         + ["--encoder-lr", "1e-3", "--epochs", "2", "--rounds", "0", "--batch-size", "4"]
         + ["--device", "cpu", "--workers", "0", "--threads", "1", "--n-boot", "10"]

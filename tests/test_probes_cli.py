@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
+import subprocess
 import sys
 import types
 
@@ -15,8 +15,8 @@ from embedcache.extract import extract
 from embedcache.intake import load_manifest
 from probes import cli
 from probes.cli import main
-from probes.results import cross_predict, read_table, results_table, summary_table
-from probes.splits import reference_rotation
+from probes.core.results import cross_predict, read_table, results_table, summary_table
+from probes.core.splits import reference_rotation
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_results_tables_from_predictions():
     n = 200
     X = rng.standard_normal((n, 6))
     y = (X[:, 0] + rng.standard_normal(n) > 0).astype(int)
-    from probes.linear import LinearProbe
+    from probes.linear.probe import LinearProbe
 
     split = reference_rotation(n)
     ids = [f"i{k}" for k in range(n)]
@@ -191,9 +191,10 @@ def test_results_tables_from_predictions():
     assert summary.loc[0, "auroc_sd"] == pytest.approx(np.std(results["auroc"], ddof=1))
 
 
-def test_seg_plugin_is_discovered(monkeypatch, capsys):
+def test_a_command_loads_only_its_own_module(monkeypatch, capsys):
+    """The command table maps a name to a module; only the command that runs is imported
+    (``probes linear`` never imports the seg, finetune or report parsers)."""
     module = types.ModuleType("probes.fake_seg_cli")
-    module.__spec__ = importlib.machinery.ModuleSpec("probes.fake_seg_cli", None)
 
     def register(subparsers):
         p = subparsers.add_parser("seg", help="segmentation probe")
@@ -201,16 +202,25 @@ def test_seg_plugin_is_discovered(monkeypatch, capsys):
 
     module.register = register
     monkeypatch.setitem(sys.modules, "probes.fake_seg_cli", module)
-    monkeypatch.setattr(cli, "PLUGINS", {"seg": "probes.fake_seg_cli"})
+    monkeypatch.setitem(cli.COMMANDS, "seg", "probes.fake_seg_cli")
     assert main(["seg"]) == 0 and "seg ran" in capsys.readouterr().out
+    code = (
+        "import sys\n"
+        "from probes.cli import build_parser\n"
+        "build_parser('linear')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('probes.cli.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['probes.cli.common', 'probes.cli.linear']"
 
 
-def test_a_broken_plugin_leaves_the_other_commands_usable(monkeypatch, capsys):
+def test_a_broken_command_module_fails_loudly(monkeypatch):
+    """No stub commands: a command whose module cannot load raises, with its traceback."""
     module = types.ModuleType("probes.broken_cli")
-    module.__spec__ = importlib.machinery.ModuleSpec("probes.broken_cli", None)
     module.register = lambda subparsers: 1 / 0
     monkeypatch.setitem(sys.modules, "probes.broken_cli", module)
-    monkeypatch.setattr(cli, "PLUGINS", {"seg": "probes.broken_cli"})
-    assert main(["seg"]) == 2 and "failed to load" in capsys.readouterr().err
+    monkeypatch.setitem(cli.COMMANDS, "seg", "probes.broken_cli")
+    with pytest.raises(ZeroDivisionError):
+        main(["seg"])
     with pytest.raises(SystemExit):
         main(["linear", "--help"])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from embedcache.store import GroupLayout, encoder_key, open_store
-from probes.features import FeatureError, FeatureSet, resolve_encoder
+from probes.core.features import FeatureError, FeatureSet, resolve_encoder
 
 GRID16, GRID32 = (2, 2, 3), (1, 1, 3)
 
@@ -194,9 +194,9 @@ def test_two_groups_need_an_encoder(cohort):
 
 def test_probes_imports_without_the_encoder_zoo():
     code = (
-        "import sys, probes, probes.linear, probes.features, probes.splits, probes.metrics, "
-        "probes.results, probes.cli, probes.segmentation, probes.stats, probes.subgroups, "
-        "probes.shortcuts, probes.report, probes.study\n"
+        "import sys, probes, probes.linear.probe, probes.core.features, probes.core.splits, probes.core.metrics, "
+        "probes.core.results, probes.cli, probes.segmentation.probe, probes.analysis.stats, probes.analysis.subgroups, "
+        "probes.analysis.shortcuts, probes.report, probes.study\n"
         "heavy = [m for m in ('transformers', 'timm', 'open_clip') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -16,17 +16,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from test_probes_features import write_manifest, write_store
 
-from probes.features import FeatureSet
-from probes.linear import LinearProbe, SGDHeadProbe
-from probes.metrics import (
-    bootstrap_ci,
+from probes.core.bootstrap import clustered_ci
+from probes.core.features import FeatureSet
+from probes.core.metrics import (
     classification_metrics,
     format_mean_sd,
     format_median_range,
     summarize,
     youden_threshold,
 )
-from probes.splits import reference_rotation
+from probes.core.splits import reference_rotation
+from probes.linear.probe import LinearProbe, SGDHeadProbe
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 BACKENDS = [
@@ -211,16 +211,22 @@ def test_metrics_thresholds_and_summaries():
 
 @pytest.mark.parametrize("metric", ["auroc", "auprc"])
 def test_bootstrap_ci_equals_a_loop_over_resamples(metric):
+    """One image per patient: the patient bootstrap is the image bootstrap, and equals
+    scikit-learn's metric over each resample of rows drawn with replacement."""
     rng = np.random.default_rng(0)
     y = rng.random(300) < 0.3
     score = np.round(rng.random(300) + 0.4 * y, 2)  # ties included
-    lo, hi = bootstrap_ci(y, score, metric, n_boot=400, seed=3)
-    assert (lo, hi) == bootstrap_ci(y, score, metric, n_boot=400, seed=3)  # seeded
-    order = np.argsort(score, kind="stable")
-    ys, ss = y[order], score[order]
+    patients = np.array([f"p{i:03d}" for i in range(300)])  # sorted ids: code i is row i
+    lo, hi = clustered_ci(y, score, patients, n_boot=400, seed=3)[metric]
+    again = clustered_ci(y, score, patients, n_boot=400, seed=3)[metric]
+    assert (lo, hi) == again  # seeded
+    shuffled = rng.permutation(300)
+    assert (lo, hi) == clustered_ci(
+        y[shuffled], score[shuffled], patients[shuffled], n_boot=400, seed=3
+    )[metric]  # independent of the row order
     draws = np.random.default_rng(3).integers(0, 300, size=(400, 300))
     fn = roc_auc_score if metric == "auroc" else average_precision_score
-    loop = [fn(ys[d], ss[d]) for d in draws]
+    loop = [fn(y[d], score[d]) for d in draws]
     assert (lo, hi) == pytest.approx(tuple(np.quantile(loop, [0.025, 0.975])), abs=1e-12)
     point = fn(y, score)
     assert lo < point < hi

@@ -1,4 +1,4 @@
-"""probes.paired: DeLong against the O(n_pos x n_neg) structural-components definition and
+"""probes.analysis.paired: DeLong against the O(n_pos x n_neg) structural-components definition and
 for calibration, the paired AUROC bootstrap over patients, paired bootstrap / permutation tests
 of a per-image mean on planted data."""
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as ss
 from sklearn.metrics import roc_auc_score
 
-from probes.paired import (
+from probes.analysis.paired import (
     delong_test,
     delong_variance,
     paired_auroc_bootstrap,

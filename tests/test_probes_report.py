@@ -21,13 +21,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from embedcache.intake import load_manifest
 from embedcache.provenance import git_commit
-from probes.bootstrap import clustered_ci, weighted_metrics
 from probes.cli import main
-from probes.metrics import format_mean_sd, format_median_range
+from probes.core.bootstrap import clustered_ci, weighted_metrics
+from probes.core.metrics import format_mean_sd, format_median_range
+from probes.core.results import read_table
 from probes.report import load_run, load_runs
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
-from probes.results import read_table
-from probes.seg_metrics import bootstrap_ci
+from probes.segmentation.metrics import bootstrap_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 LINEAR = ("global", "grid16", "grid32")  # three probes on the same folds
@@ -272,7 +272,7 @@ def test_weighted_metrics_equal_scikit_learn_with_sample_weights():
 
 
 def test_clustered_ci_equals_the_generic_patient_bootstrap():
-    """Same seed, same patient draws as probes.seg_metrics.bootstrap_ci with scikit-learn as the
+    """Same seed, same patient draws as probes.segmentation.metrics.bootstrap_ci with scikit-learn as the
     statistic: the vectorised metrics give the same interval."""
     rng = np.random.default_rng(0)
     patients = np.repeat([f"p{i}" for i in range(30)], rng.integers(1, 4, 30))

@@ -13,16 +13,16 @@ from PIL import Image
 from embedcache.intake.manifest import load_manifest
 from embedcache.intake.masks import chexmask_rle_encode, read_mask, siim_rle_encode
 from embedcache.store import GroupLayout, open_store
-from probes.masks import MaskSource, PackedMasks, to_model_input
-from probes.seg_metrics import (
-    bootstrap_ci,
+from probes.segmentation.masks import MaskSource, PackedMasks, to_model_input
+from probes.core.bootstrap import clustered_mean_ci
+from probes.core.metrics import summarize_folds
+from probes.segmentation.metrics import (
     confusion_counts,
     dice_iou,
     dice_iou_from_counts,
     pooled_dice,
-    summarize_folds,
 )
-from probes.segmentation import (
+from probes.segmentation.probe import (
     ArrayGrids,
     SegmentationProbe,
     StoreGrids,
@@ -161,12 +161,15 @@ def test_fold_summary_and_seeded_bootstrap():
     assert summary["sd"] == pytest.approx(np.std([0.9, 0.6, 0.9], ddof=1))
     assert summary["n_images"] == 5
     values = np.random.default_rng(0).uniform(0.5, 1.0, 200)
-    low, high = bootstrap_ci(values, seed=3)
+    images = np.arange(200)
+    low, high = clustered_mean_ci(values, images, seed=3)
     assert low < values.mean() < high
-    assert (low, high) == bootstrap_ci(values, seed=3)
+    assert (low, high) == clustered_mean_ci(values, images, seed=3)
     patients = np.repeat(np.arange(50), 4)
-    low_p, high_p = bootstrap_ci(values, groups=patients, seed=3)
+    low_p, high_p = clustered_mean_ci(values, patients, seed=3)
     assert low_p < values.mean() < high_p
+    with_nan = np.r_[values, np.nan]  # an excluded image is left out of every mean
+    assert clustered_mean_ci(with_nan, np.r_[images, 200], seed=3) != (np.nan, np.nan)
 
 
 # -- (3) masks stay binary ----------------------------------------------------------------------
@@ -261,7 +264,7 @@ def test_probes_seg_end_to_end_on_a_phantom_cohort(
 ):
     from embedcache.extract import extract
     from probes.cli import main
-    from probes.splits import check_no_leakage, column_split
+    from probes.core.splits import check_no_leakage, column_split
 
     store = tmp_path / "s.zarr"
     extract(
@@ -347,7 +350,7 @@ def test_refuses_mismatched_inputs():
 )
 def test_images_sample_into_the_model_frame_like_their_masks(preprocessing):
     """An X-ray and its mask land on the same model-frame pixels (overlays line up)."""
-    from probes.masks import image_to_model_input, to_model_input
+    from probes.segmentation.masks import image_to_model_input, to_model_input
 
     rng = np.random.default_rng(0)
     image = rng.random((45, 60)).astype(np.float32)
@@ -372,9 +375,9 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
     F.cross_entropy on the two upsampled logits, through standardisation."""
     import torch.nn.functional as F
 
-    from probes.seg_head import _LinearGridHead
-    from probes.seg_loss import loss_targets
-    from probes.seg_step import fused_binary_scores, fused_binary_step
+    from probes.segmentation.head import _LinearGridHead
+    from probes.segmentation.loss import loss_targets
+    from probes.segmentation.step import fused_binary_scores, fused_binary_step
 
     gen = torch.Generator().manual_seed(0)
     channels = 12

@@ -13,13 +13,13 @@ from sklearn.metrics import roc_auc_score
 
 from embedcache.extract import extract
 from embedcache.phantoms import CohortSpec, make_cohort
+from probes.analysis.shortcuts import balanced_rows, shortcut_probe, shortcut_summary
+from probes.analysis.subgroups import sensitivity_gap, subgroup_table
 from probes.cli import main
-from probes.features import FeatureSet
-from probes.linear import LinearProbe
-from probes.results import cross_predict, read_table
-from probes.shortcuts import balanced_rows, shortcut_probe, shortcut_summary
-from probes.splits import patient_split
-from probes.subgroups import sensitivity_gap, subgroup_table
+from probes.core.features import FeatureSet
+from probes.core.results import cross_predict, read_table
+from probes.core.splits import patient_split
+from probes.linear.probe import LinearProbe
 
 
 @pytest.fixture(scope="module")

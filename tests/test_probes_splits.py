@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from probes.splits import (
+from probes.core.splits import (
     LeakageError,
     Split,
     check_no_leakage,
@@ -159,7 +159,7 @@ def test_only_keeps_the_named_rounds_and_the_fold_assignment():
 
 
 def test_holdout_keeps_patients_whole_and_is_seeded():
-    from probes.splits import holdout
+    from probes.core.splits import holdout
 
     groups = np.repeat(np.arange(20), 3)
     train, val = holdout(60, 0.2, groups, np.random.default_rng(0))

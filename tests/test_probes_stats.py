@@ -1,4 +1,4 @@
-"""probes.stats: Friedman/Nemenyi/CD against scipy and scikit-posthocs, Wilcoxon-Holm against
+"""probes.analysis.stats: Friedman/Nemenyi/CD against scipy and scikit-posthocs, Wilcoxon-Holm against
 scipy and the Holm definition, run-table checks and paired image tests of two runs, the CD
 diagram. The per-image tests on arrays: tests/test_probes_paired.py."""
 
@@ -12,10 +12,7 @@ import pytest
 import scikit_posthocs
 from scipy import stats as ss
 
-from probes.linear import LinearProbe
-from probes.results import cross_predict, results_table
-from probes.splits import patient_split
-from probes.stats import (
+from probes.analysis.stats import (
     check_same_folds,
     critical_difference,
     delong_test,
@@ -26,6 +23,9 @@ from probes.stats import (
     plot_critical_difference,
     wilcoxon_holm,
 )
+from probes.core.results import cross_predict, results_table
+from probes.core.splits import patient_split
+from probes.linear.probe import LinearProbe
 
 
 def score_matrices():

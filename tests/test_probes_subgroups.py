@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from probes.metrics import youden_threshold
-from probes.subgroups import ALL, NO_LESION, _rank_auroc, sensitivity_gap, subgroup_table
+from probes.analysis.subgroups import ALL, NO_LESION, sensitivity_gap, subgroup_table
+from probes.core.bootstrap import weighted_metrics
+from probes.core.metrics import youden_threshold
 
 
 def _cohort(seed: int = 0, n_patients: int = 90, rounds: int = 3, p_hit=None):
@@ -278,11 +279,14 @@ def test_sensitivity_gap_rejects_unclear_confounder_values_and_several_labels():
     assert sensitivity_gap(predictions, as_bool, "chest_tube", n_boot=20) == reference
 
 
-def test_rank_auroc_equals_scikit_learn_with_ties():
+def test_the_subgroup_auroc_equals_scikit_learn_with_ties():
+    """Subgroup AUROC CIs resample with the one bootstrap's weighted AUROC: with unit weights
+    it is scikit-learn's, ties included; NaN with one class (dropped by the CI)."""
     rng = np.random.default_rng(10)
     truth = rng.integers(0, 2, 200)
     score = rng.integers(0, 7, 200) / 6  # many ties
-    assert _rank_auroc(np.column_stack([truth, score])) == pytest.approx(
+    ones = np.ones((1, 200))
+    assert weighted_metrics(truth, score, ones)["auroc"][0] == pytest.approx(
         roc_auc_score(truth, score), abs=1e-12
     )
-    assert np.isnan(_rank_auroc(np.column_stack([np.ones(5), np.arange(5)])))
+    assert np.isnan(weighted_metrics(np.ones(5), np.arange(5), np.ones((1, 5)))["auroc"][0])

@@ -32,7 +32,7 @@ from embedcache.store.urls import (
     parse_storage_options,
     storage_options_from_env,
 )
-from probes.features import FeatureSet
+from probes.core.features import FeatureSet
 
 ARRAYS = ("ids", "global", "grid16", "grid32", "done", "skipped")
 RUN_ATTRS = ("created", "command", "extraction")  # legitimately differ between two runs

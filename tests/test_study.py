@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from probes.cli import main as probes_main
-from probes.results import read_table
+from probes.core.results import read_table
 from probes.study import StudyError, load_study, plan_units, run_study
 
 ROOT = Path(__file__).resolve().parents[1]

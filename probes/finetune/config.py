@@ -122,7 +122,7 @@ class FinetuneConfig:
         return dataclasses.replace(self, encoder_lr=encoder_lr, seg_head=seg_head)
 
     def get_params(self) -> dict[str, Any]:
-        """JSON-able settings (scikit-learn's name, so :func:`probes.runs.write_run` records
+        """JSON-able settings (scikit-learn's name, so :func:`probes.cli.common.write_run` records
         them as a probe's parameters)."""
         params = dataclasses.asdict(self)
         for name in ("mask_size", "class_weights"):

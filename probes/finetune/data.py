@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from embedcache.extract.batches import Batch, CohortImages, collate
 from embedcache.intake.images import ImageReadError
 from embedcache.intake.manifest import Manifest
-from probes.features import FeatureSet, binary_labels
+from probes.core.features import FeatureSet, binary_labels
 
 
 class ManifestRows:
     """A manifest's images as the rows of a fine-tune, in manifest order.
 
-    Shaped like a :class:`probes.features.FeatureSet` where the probes' split and run-folder
-    helpers (:func:`probes.runs.make_split`, :func:`probes.runs.write_run`) read one: ``ids``,
+    Shaped like a :class:`probes.core.features.FeatureSet` where the probes' split and run-folder
+    helpers (:func:`probes.cli.common.make_split`, :func:`probes.cli.common.write_run`) read one: ``ids``,
     ``patient_ids``, ``table``, ``manifest``, ``key`` (the encoder key its run records),
     ``feature`` (what the head reads), ``excluded`` (always 0: every image must be readable)
     and :meth:`labels`.
@@ -63,7 +63,7 @@ class Targets:
 
     Attributes:
         labels: classification: ``(n, k)`` 0/1 float32, manifest order; else ``None``.
-        masks: segmentation: :class:`probes.masks.PackedMasks` aligned with the rows; else ``None``.
+        masks: segmentation: :class:`probes.segmentation.masks.PackedMasks` aligned with the rows; else ``None``.
     """
 
     labels: np.ndarray | None = None

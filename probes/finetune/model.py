@@ -2,7 +2,7 @@
 
 - Classification: one linear layer on the global vector (``Features.embedding``), the reference
   linear probe's head, initialised as ``nn.Linear`` under the run's seed.
-- Segmentation: the segmentation probe's head (:class:`probes.seg_head._LinearGridHead`): a 1x1
+- Segmentation: the segmentation probe's head (:class:`probes.segmentation.head._LinearGridHead`): a 1x1
   convolution on ``grid16``/``grid32`` (or both, summed at grid16's size), bilinear upsampling
   to the mask resolution. Its feature standardisation stays the identity: statistics of a
   moving encoder would go stale, and the reference fine-tune did not standardise. SegFormer's
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from probes.grids import grid_names
-from probes.seg_head import _LinearGridHead
+from probes.core.grids import grid_names
+from probes.segmentation.head import _LinearGridHead
 
 if TYPE_CHECKING:
     from embedcache.encoders.base import Encoder, Features
@@ -84,7 +84,7 @@ class GlobalHead(nn.Module):
 
 
 class GridHead(nn.Module):
-    """The segmentation probe's head (:class:`probes.seg_head._LinearGridHead`) on the grid
+    """The segmentation probe's head (:class:`probes.segmentation.head._LinearGridHead`) on the grid
     levels it reads (``(16,)``, ``(32,)`` or ``(16, 32)``)."""
 
     def __init__(

@@ -3,7 +3,7 @@ per-row outputs predictions are made of, and the validation metric shown while t
 
 - classification: BCE-with-logits (the reference linear probe's loss), per-row ``score`` =
   sigmoid of the logit per label; metric: validation AUROC (mean over labels).
-- segmentation: the segmentation probe's loss (:mod:`probes.seg_loss`: class-weighted
+- segmentation: the segmentation probe's loss (:mod:`probes.segmentation.loss`: class-weighted
   cross-entropy, optional soft Dice), per-row pixel counts ``tp, fp, fn`` of the argmax mask;
   metric: mean per-image Dice (an image empty in truth and prediction counts 1).
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes.metrics import auroc
-from probes.seg_loss import combine_loss, loss_parts, loss_targets
-from probes.seg_metrics import confusion_counts, dice_iou_from_counts
+from probes.core.metrics import auroc
+from probes.segmentation.loss import combine_loss, loss_parts, loss_targets
+from probes.segmentation.metrics import confusion_counts, dice_iou_from_counts
 
 
 class ClassificationObjective:

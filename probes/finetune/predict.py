@@ -1,11 +1,11 @@
 """Per-row predictions of a fine-tuned round, in the probes' own schemas, so that probe and
 fine-tune results share one table (``probes report``).
 
-- classification: :data:`probes.results.PREDICTION_COLUMNS` (``C`` is NaN: no C was chosen;
+- classification: :data:`probes.core.results.PREDICTION_COLUMNS` (``C`` is NaN: no C was chosen;
   ``feature`` is ``global``), ordered by label, split (val before test) and row, as
-  :func:`probes.results.cross_predict`;
-- segmentation: :data:`probes.segmentation_cli.PREDICTION_COLUMNS` (per-image Dice/IoU and
-  pixel counts), val before test, as :func:`~probes.segmentation_cli.cross_validate_segmentation`.
+  :func:`probes.core.results.cross_predict`;
+- segmentation: :data:`probes.segmentation.run.PREDICTION_COLUMNS` (per-image Dice/IoU and
+  pixel counts), val before test, as :func:`~probes.segmentation.run.cross_validate_segmentation`.
 
 ``probe`` is ``finetune`` on every row; ``params`` holds the fine-tune's settings (both learning
 rates among them) as JSON; ``encoder`` the key an extraction of the same weights would have.
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probes.results import PREDICTION_COLUMNS as CLASSIFICATION_COLUMNS
-from probes.results import row_frame
-from probes.seg_metrics import BothEmpty, segmentation_scores
-from probes.segmentation_cli import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
-from probes.splits import Split
+from probes.core.results import PREDICTION_COLUMNS as CLASSIFICATION_COLUMNS
+from probes.core.results import row_frame
+from probes.core.splits import Split
+from probes.segmentation.metrics import BothEmpty, segmentation_scores
+from probes.segmentation.run import PREDICTION_COLUMNS as SEGMENTATION_COLUMNS
 
 PROBE_NAME = "finetune"
 

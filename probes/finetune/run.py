@@ -17,14 +17,13 @@ continues from its last epoch.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from embedcache.provenance import git_commit, library_versions
+from probes.core.protocol import folds_table, make_split
+from probes.core.results import read_table
+from probes.core.run import CLASSIFICATION, SEGMENTATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
+from probes.core.splits import Split
 from probes.finetune import checkpoint as ckpt
 from probes.finetune.config import FinetuneConfig
 from probes.finetune.data import (
@@ -48,34 +52,32 @@ from probes.finetune.predict import (
 )
 from probes.finetune.tasks import TASK_SETUPS
 from probes.finetune.train import EpochHook, Trainer
-from probes.results import read_table
-from probes.runs import make_split, write_run
-from probes.splits import Split
 
 ROUND_PREDICTIONS = "predictions.parquet"
 ROUND_INFO = "round.json"
 
 
-@dataclass(frozen=True)
-class FinetuneRun:
-    """What :func:`finetune` produced.
+@dataclass(eq=False)
+class FinetuneRun(Run):
+    """What :func:`finetune` produced: a :class:`~probes.core.run.Run` (written to its folder,
+    re-opened by ``Run.open``), plus what only this process knows.
 
     Attributes:
-        out: the run folder. predictions, results, summary: the tables written there.
-        split: the folds. rounds: per round run, ``{"round", "epochs_run", "best_epoch",
-            "history", "resumed_from"}``. config: the settings (``encoder_lr`` resolved).
-        encoder: the encoder key recorded on every row. rows: the manifest rows trained on.
+        rounds: per round run, ``{"round", "epochs_run", "best_epoch", "history",
+            "resumed_from"}``. config: the settings (``encoder_lr`` resolved).
+        folds_split: the :class:`~probes.core.splits.Split`. rows: the manifest rows.
     """
 
-    out: Path
-    predictions: pd.DataFrame
-    results: pd.DataFrame
-    summary: pd.DataFrame
-    split: Split
-    rounds: list[dict[str, Any]]
-    config: FinetuneConfig
-    encoder: str
-    rows: ManifestRows
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    config: FinetuneConfig | None = None
+    folds_split: Split | None = None
+    rows: ManifestRows | None = None
+
+    @property
+    def out(self) -> Path:
+        """The run folder."""
+        assert self.path is not None
+        return self.path
 
 
 def encoder_spec(name: str) -> str:
@@ -252,7 +254,7 @@ def _finetune(
     config = config.resolved(pristine.preset.family)
     masks = None
     if task == "segmentation":
-        from probes.masks import MaskSource
+        from probes.segmentation.masks import MaskSource
 
         grid16 = pristine.grid_specs[16].shape
         mask_shape = tuple(config.mask_size or (4 * grid16[0], 4 * grid16[1]))
@@ -280,13 +282,8 @@ def _finetune(
         both_empty=both_empty,
         kind=mask_options["kind"],
     )
-    split = make_split(
-        rows,
-        argparse.Namespace(
-            folds=folds, n_folds=n_folds, seed=config.seed, allow_leakage=allow_leakage
-        ),
-        setup_.strata,
-    )
+    split_spec = SplitSpec(folds, n_folds, config.seed, None, allow_leakage)
+    split = make_split(rows, split_spec, setup_.strata)
     identity = {
         "encoder": key,
         "params": params,
@@ -330,35 +327,85 @@ def _finetune(
 
     predictions = pd.concat(tables, ignore_index=True)
     results, summary = setup_.tables(predictions)
-    if ctx.main:
-        _write(
-            out,
-            fmt,
-            manifest,
-            rows,
-            split,
-            config,
-            predictions,
-            results,
-            summary,
-            infos,
-            task=task,
+    run_spec = RunSpec(
+        protocol="finetune",
+        inputs=Inputs(
+            store="",
+            manifest=str(manifest.source),
+            encoder=spec,
             feature=feature,
-            encoder_spec=spec,
-            encoder_preset=pristine.preset.name,
-            encoder_family=pristine.preset.family,
-            preprocessing=pristine.preprocessing.to_dict(),
-            weights=pristine.weights_id,
-            encoder_lr=config.encoder_lr,
-            head_lr=config.head_lr,
-            layer_decay=config.layer_decay,
-            precision=precision,
-            device=str(ctx.device),
-            world_size=ctx.world_size,
-            **setup_.fields,
-        )
+            root=None if root is None else str(root),
+        ),
+        split=dataclasses.replace(
+            split_spec, rounds=None if rounds is None else tuple(int(r) for r in rounds)
+        ),
+        task=TaskSpec(
+            CLASSIFICATION if task == "classification" else SEGMENTATION,
+            labels=tuple(labels),
+            mask=mask,
+        ),
+        probe=PROBE_NAME,
+        params=params,
+        options={
+            "weights": weights,
+            "init_seed": init_seed,
+            **mask_options,
+            "both_empty": both_empty,
+            "save_masks": save_masks,
+        },
+        n_boot=n_boot,
+    )
+    info = {
+        "store": None,
+        "encoder": key,
+        "manifest": str(manifest.source),
+        "manifest_digest": manifest.digest(),
+        "rows": len(rows),
+        "excluded": rows.excluded_reasons,
+        "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
+        "probe": PROBE_NAME,
+        "params": params,
+        "seed": config.seed,
+        "command": None,
+        "rounds_run": [i["round"] for i in infos],
+        "epochs_run": {str(i["round"]): i["epochs_run"] for i in infos},
+        "best_epoch": {str(i["round"]): i["best_epoch"] for i in infos},
+        "resumed_from": {str(i["round"]): i["resumed_from"] for i in infos},
+        "history": {str(i["round"]): i["history"] for i in infos},
+        "task": task,
+        "feature": feature,
+        "encoder_spec": spec,
+        "encoder_preset": pristine.preset.name,
+        "encoder_family": pristine.preset.family,
+        "preprocessing": pristine.preprocessing.to_dict(),
+        "weights": pristine.weights_id,
+        "encoder_lr": config.encoder_lr,
+        "head_lr": config.head_lr,
+        "layer_decay": config.layer_decay,
+        "precision": precision,
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        **setup_.fields,
+    }
+    info.update(versions=library_versions(), git_commit=git_commit())
+    run = FinetuneRun(
+        spec=run_spec,
+        predictions=predictions,
+        results=results,
+        summary=summary,
+        folds=folds_table(rows, split),
+        info=info,
+        rounds=infos,
+        config=config,
+        folds_split=split,
+        rows=rows,
+    )
+    if ctx.main:
+        run.write(out, fmt)
+    else:
+        run.path = out
     barrier(ctx)
-    return FinetuneRun(out, predictions, results, summary, split, infos, config, key, rows)
+    return run
 
 
 def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch, save_masks):
@@ -395,40 +442,13 @@ def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epo
     return table, info
 
 
-def _write(
-    out, fmt, manifest, rows, split, config, predictions, results, summary, infos, **fields
-) -> None:
-    """The probes' run folder (:func:`probes.runs.write_run`) with the fine-tune's fields."""
-    folder = write_run(
-        argparse.Namespace(store=manifest.source, format=fmt, out=out, seed=config.seed),
-        rows,
-        split,
-        config,
-        predictions,
-        results,
-        summary,
-        store=None,
-        rounds_run=[i["round"] for i in infos],
-        epochs_run={str(i["round"]): i["epochs_run"] for i in infos},
-        best_epoch={str(i["round"]): i["best_epoch"] for i in infos},
-        resumed_from={str(i["round"]): i["resumed_from"] for i in infos},
-        history={str(i["round"]): i["history"] for i in infos},
-        **fields,
-    )
-    # write_run names the probe by its class (FinetuneConfig here): say what ran.
-    run_json = folder / "run.json"
-    recorded = json.loads(run_json.read_text())
-    recorded["probe"] = PROBE_NAME
-    run_json.write_text(json.dumps(recorded, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def _feature(config: FinetuneConfig) -> str:
     """What the head reads: ``global``, the grid choice, or ``<name>-head``."""
     if config.task == "classification":
         return "global"
     if config.seg_head != "linear":
         return f"{config.seg_head}-head"
-    from probes.grids import grid_names
+    from probes.core.grids import grid_names
 
     return "+".join(grid_names(config.grid))
 

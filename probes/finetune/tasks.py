@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from probes.core.results import results_table, summary_table
 from probes.finetune.config import FinetuneConfig
 from probes.finetune.data import ManifestRows, Targets, label_table
 from probes.finetune.objectives import ClassificationObjective, SegmentationObjective
 from probes.finetune.predict import classification_rows, segmentation_rows
-from probes.results import results_table, summary_table
 
 
 @dataclass
@@ -85,11 +85,11 @@ def segmentation(
     kind,
     **_,
 ) -> TaskSetup:
-    """``masks`` (:class:`~probes.masks.PackedMasks` of column ``mask``, read as ``kind``, at
+    """``masks`` (:class:`~probes.segmentation.masks.PackedMasks` of column ``mask``, read as ``kind``, at
     ``config.mask_size``) of ``rows``, two classes, the segmentation probe's loss, Dice;
     ``both_empty`` scores images empty in truth and prediction as ``probes seg`` does."""
-    from probes.seg_metrics import summarize_folds
-    from probes.segmentation_cli import results_by_round
+    from probes.segmentation.metrics import summarize_folds
+    from probes.segmentation.run import results_by_round
 
     mask_shape = tuple(config.mask_size)
     area = masks.area()

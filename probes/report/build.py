@@ -122,7 +122,7 @@ def subgroup_sections(
     seed: int,
 ) -> list[Section]:
     """Per task (and label): subgroup_table of every run, a table and a CI plot."""
-    from probes.subgroups import subgroup_table
+    from probes.analysis.subgroups import subgroup_table
 
     columns = ", ".join(f"`{c}`" for c in [*by, *([size_column] if size_column else [])])
     bins = f" (`{size_column}` in {size_bins} quantile bins)" if size_column else ""
@@ -178,7 +178,7 @@ def subgroup_sections(
 
 def _describe(table: pd.DataFrame, columns: list[str]) -> list[str]:
     """``col=value, ...`` of the columns a subgroup row splits by; "all images" for none."""
-    from probes.subgroups import ALL
+    from probes.analysis.subgroups import ALL
 
     present = [c for c in columns if c in table.columns]
     out = []

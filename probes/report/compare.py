@@ -1,9 +1,9 @@
 """Which runs can be compared, and the comparisons: paired per-image tests for every pair of
 comparable runs, and with three or more, Friedman/Nemenyi over folds, the critical-difference
-diagram and pairwise Wilcoxon-Holm (all from :mod:`probes.stats`).
+diagram and pairwise Wilcoxon-Holm (all from :mod:`probes.analysis.stats`).
 
 Runs are comparable when they are the same task on the same cohort (manifest digest) and
-tested the same images in every round (:func:`probes.stats.check_same_folds`). Anything else
+tested the same images in every round (:func:`probes.analysis.stats.check_same_folds`). Anything else
 is reported run by run, with the reason no test was run.
 """
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from probes.report.runs import CLASSIFICATION, Run
-from probes.stats import (
+from probes.analysis.stats import (
     FriedmanResult,
     check_same_folds,
     fold_scores,
@@ -24,6 +23,7 @@ from probes.stats import (
     paired_image_tests,
     wilcoxon_holm,
 )
+from probes.report.runs import CLASSIFICATION, Run
 
 __all__ = ["Comparison", "RankTest", "comparable_groups", "compare"]
 

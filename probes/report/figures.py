@@ -1,7 +1,7 @@
 """The report's figures, each a new :class:`matplotlib.figure.Figure` (no pyplot state):
 ROC curves, subgroup estimates with CIs, and segmentation overlays. :func:`save_png` writes one.
 
-The critical-difference diagram is :func:`probes.stats.plot_critical_difference`.
+The critical-difference diagram is :func:`probes.analysis.stats.plot_critical_difference`.
 """
 
 from __future__ import annotations

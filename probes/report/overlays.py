@@ -4,7 +4,7 @@ predicted masks on the same field of view.
 
 The predicted masks come from the run's ``pred_rle`` (``probes seg --save-masks``): SIIM RLE at
 ``mask_size`` over the model input. The true masks are decoded again from the manifest column
-the run named, through :class:`probes.masks.MaskSource` with the encoder's preprocessing (read
+the run named, through :class:`probes.segmentation.masks.MaskSource` with the encoder's preprocessing (read
 from the store group, as the probe did), so both lie on the model-input raster.
 """
 
@@ -18,9 +18,9 @@ import pandas as pd
 from embedcache.intake.images import read_image
 from embedcache.intake.manifest import Manifest
 from embedcache.intake.masks import siim_rle_decode
-from probes.masks import MaskSource
 from probes.report.figures import OverlayCase
 from probes.report.runs import Run
+from probes.segmentation.masks import MaskSource
 
 __all__ = ["extreme_cases", "load_cases", "store_preprocessing"]
 

@@ -210,7 +210,7 @@ def _comparison(result: Comparison, sink: Sink, stem: str, numbered: bool) -> li
             ),
             Table(ranks.round(3), csv=sink.table(ranks, f"friedman_ranks_{stem}_{test.label}")),
         )
-        from probes.stats import plot_critical_difference
+        from probes.analysis.stats import plot_critical_difference
 
         figure = plot_critical_difference(fr, title=what)
         rank.add(

@@ -1,7 +1,7 @@
 """The report's tables: the runs, and each task's metrics over folds with bootstrap CIs.
 
 Fold statistics (median [min, max], mean ± sd) are taken from each run's own ``results.csv``,
-formatted with :func:`probes.metrics.format_median_range` / :func:`format_mean_sd`, so the
+formatted with :func:`probes.core.metrics.format_median_range` / :func:`format_mean_sd`, so the
 report shows exactly the numbers the run printed. The 95% CI beside them is the report's own:
 a percentile bootstrap over the test images of all rounds pooled (each image's prediction from
 the round it was tested in), resampling whole patients. The per-round tables repeat the CIs
@@ -10,16 +10,14 @@ the round it was tested in), resampling whole patients. The per-round tables rep
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from probes.bootstrap import clustered_ci
-from probes.metrics import format_mean_sd, format_median_range, summarize
+from probes.core.bootstrap import clustered_ci, clustered_mean_ci
+from probes.core.metrics import format_mean_sd, format_median_range, summarize
 from probes.report.runs import CLASSIFICATION, SEGMENTATION, Run
-from probes.seg_metrics import bootstrap_ci
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -154,15 +152,13 @@ def pooled_ci(
         if test.empty or n_boot < 1 or np.isnan(values).all():
             out[column] = (float("nan"), float("nan"))
             continue
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples: NaN, dropped
-            out[column] = bootstrap_ci(values, n_boot=n_boot, groups=groups, seed=seed)
+        out[column] = clustered_mean_ci(values, groups, n_boot=n_boot, seed=seed)
     return out
 
 
 def per_round_table(run: Run) -> pd.DataFrame:
-    """The run's results.csv per round, as display strings with its per-round CIs (bootstrap
-    over that round's test images, as the probe command computed them)."""
+    """The run's results.csv per round, as display strings with its per-round CIs (the patient
+    bootstrap over that round's test rows, as the probe command computed them)."""
     results = run.results.sort_values([c for c in ("label", "round") if c in run.results])
     rows = []
     for r in results.to_dict("records"):

@@ -18,24 +18,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from probes.results import read_table, write_table
+from probes.core.results import write_table
+from probes.core.run import Run
 from probes.study.config import Study, StudyError, Task
-from probes.study.merge import merge_run
 from probes.study.units import (
     Unit,
     clear_partial,
     iter_runs,
-    option_flags,
     plan_units,
+    unit_args,
     unit_argv,
     unit_definition,
 )
@@ -77,29 +75,29 @@ def run_study(
 
     from tqdm import tqdm
 
-    from probes.cli import main as probes_main
+    from probes.cli.options import execute_command
 
     for unit in tqdm(pending, desc=f"study {study.name}", unit="unit", disable=not progress):
         task = study.tasks[unit.task]
         manifest, root = manifests[unit.task]
         folder = unit.folder(out)
         partial = clear_partial(folder)
-        argv = unit_argv(
-            study,
-            unit,
+        where = dict(
             manifest=manifest,
             root=root,
             store_key=keys.get((task.cohort, unit.encoder)),
             out=partial,
         )
-        partial.mkdir(parents=True)
-        # The unit's own printout goes to its folder; the study prints one bar.
-        with (partial / "output.txt").open("w") as printout, redirect_stdout(printout):
-            status = probes_main(argv)
-        if status != 0 or not (partial / "run.json").is_file():
+        protocol = study.protocols[unit.protocol]
+        try:
+            execute_command(protocol.command, unit_args(study, unit, **where))
+        except Exception as exc:
+            command = " ".join(unit_argv(study, unit, **where))
             raise StudyError(
-                f"unit {unit} failed (exit {status}); its command: probes {' '.join(argv)}"
-            )
+                f"unit {unit} failed: {exc}; to rerun it by hand: probes {command}"
+            ) from exc
+        if not (partial / "run.json").is_file():
+            raise StudyError(f"unit {unit} wrote no run.json into {partial}")
         definition = json.dumps(unit_definition(study, unit), indent=2, sort_keys=True)
         (partial / "unit.json").write_text(definition + "\n")
         if folder.exists():  # a stale unit: the study's definition of it changed
@@ -113,9 +111,10 @@ def run_study(
         target = out / "runs" / name
         # merged again only if one of its units ran now (or it was never merged)
         if not (target / "run.json").is_file() or ran.intersection(run_units):
-            extra = dict(study=study.name, task=task, protocol=protocol, seed=seed)
+            extra = dict(study=study.name, task_name=task, protocol=protocol, study_seed=seed)
             extra["encoder_name"] = encoder
-            merge_run([u.folder(out) for u in run_units], target, name=name, extra=extra)
+            merged = Run.merge([Run.open(u.folder(out)) for u in run_units], name=name, **extra)
+            _replace_run(merged, target)
         result.runs.append(target)
     _write_results(out, result.runs)
     if report:
@@ -199,22 +198,34 @@ def _extract_missing(
     return keys
 
 
+def _replace_run(run: Run, target: Path) -> None:
+    """Write ``run`` beside ``target`` and rename it into place: a reader never sees half a
+    merged run, and an older merge of the same units (e.g. before adding a seed) is replaced."""
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    run.write(partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
 def _write_results(out: Path, runs: list[Path]) -> None:
     """``results.csv``: every run's per-round results with the run's study coordinates."""
     tables = []
-    for run in runs:
-        meta = json.loads((run / "run.json").read_text())
-        table = read_table(run / "results.csv")
+    for folder in runs:
+        run = Run.open(folder)
+        meta, table = run.info, run.results
         for column in ("seed", "encoder"):
             if column in table.columns:  # the study's names come first; keep the run's own
                 table = table.rename(columns={column: f"run_{column}"})
         tables.append(
             table.assign(
                 run=meta["name"],
-                task=meta["task"],
+                task=meta["task_name"],
                 encoder=meta["encoder_name"],
                 protocol=meta["protocol"],
-                seed=meta["seed"],
+                seed=meta["study_seed"],
             )
         )
     merged = pd.concat(tables, ignore_index=True)
@@ -226,14 +237,17 @@ def _write_results(out: Path, runs: list[Path]) -> None:
 
 
 def _report(study: Study, runs: list[Path], log: Callable[[str], None]) -> Path | None:
-    from probes.cli import PLUGINS
-    from probes.cli import main as probes_main
+    from probes.report import build_report, load_runs
 
     target = study.out / "report"
-    argv = ["report", *map(str, runs), "--out", str(target), "--n-boot", str(study.n_boot)]
-    argv += option_flags(study.report)
-    if "report" not in PLUGINS or probes_main(argv) != 0:
-        print(f"probes study: the report failed: probes {' '.join(argv)}", file=sys.stderr)
-        raise StudyError(f"the report failed; its command: probes {' '.join(argv)}")
+    options = {k.replace("-", "_"): v for k, v in study.report.items()}
+    if "subgroup" in options:
+        options["subgroups"] = options.pop("subgroup")
+        if isinstance(options["subgroups"], str):
+            options["subgroups"] = [options["subgroups"]]
+    try:
+        build_report(load_runs(runs), target, n_boot=study.n_boot, **options)
+    except Exception as exc:
+        raise StudyError(f"the report failed: {exc}") from exc
     log(f"report {target / 'report.html'}")
     return target

@@ -155,6 +155,53 @@ def unit_argv(
     return argv
 
 
+def unit_args(
+    study: Study,
+    unit: Unit,
+    *,
+    manifest: Path,
+    root: Path | None,
+    store_key: str | None,
+    out: Path,
+):
+    """The options of ``unit``'s command writing into ``out``, as the Namespace its
+    ``execute`` takes (:func:`probes.cli.options.command_namespace`): the same options as
+    :func:`unit_argv`, without a command line."""
+    from probes.cli.options import command_namespace
+
+    task: Task = study.tasks[unit.task]
+    protocol = study.protocols[unit.protocol]
+    encoder = study.encoders[unit.encoder]
+    cohort = study.cohorts[task.cohort]
+    values: dict[str, Any] = {
+        "manifest": str(manifest),
+        "root": None if root is None else str(root),
+    }
+    if protocol.reads_store:
+        values.update(store=cohort.store, encoder=str(store_key))
+        values["allow_subset"] = task.where is not None  # the task reads part of the store
+    else:
+        values["encoder"] = encoder.spec
+        if encoder.weights is not None:
+            values.update(weights=encoder.weights, init_seed=encoder.seed)
+    if task.label is not None:
+        values["label"] = [task.label]
+    else:
+        values["mask"] = str(task.mask)
+    values.update(
+        folds=study.folds,
+        n_folds=study.n_folds,
+        seed=unit.seed,
+        rounds=[unit.round],
+        n_boot=study.n_boot,
+        out=str(out),
+        quiet=True,
+    )
+    # Protocol options, then the task's options for this command (e.g. seg class weights).
+    options = {**protocol.options, **task.options.get(protocol.command, {})}
+    return command_namespace(protocol.command, values, options)
+
+
 def clear_partial(folder: Path) -> Path:
     """The ``.partial`` sibling a unit runs into, emptied of an interrupted attempt."""
     partial = folder.with_name(folder.name + ".partial")

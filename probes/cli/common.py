@@ -1,0 +1,106 @@
+"""Options every ``probes`` command shares, and their translation into run-function keywords.
+
+A command is ``argparse -> keywords -> the run function``::
+
+    run = run_linear(**input_kwargs(args), **split_kwargs(args), **output_kwargs(args), ...)
+    print(format_classification(run))
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from probes.core.splits import REFERENCE_SEED
+
+__all__ = [
+    "add_feature_option",
+    "add_input_options",
+    "add_output_options",
+    "add_split_options",
+    "input_kwargs",
+    "output_kwargs",
+    "split_kwargs",
+]
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    """The store, manifest and encoder group options every ``probes`` command takes."""
+    p.add_argument("store", help="store path (zarr folder or .h5 file)")
+    p.add_argument("--manifest", required=True, help="manifest CSV/TSV/Parquet")
+    p.add_argument("--root", help="folder for the manifest's relative paths")
+    p.add_argument("--encoder", help="group key, key prefix or preset name (needed if several)")
+
+
+def add_feature_option(p: argparse.ArgumentParser) -> None:
+    """``--feature``: which array a probe on vectors reads."""
+    p.add_argument(
+        "--feature",
+        default="global",
+        choices=("global", "grid16", "grid32"),
+        help="feature array; grids are average-pooled over their patches (default: global)",
+    )
+
+
+def add_split_options(p: argparse.ArgumentParser, stratified_on: str) -> None:
+    """``--folds``, ``--n-folds``, ``--seed`` and ``--rounds``; ``stratified_on`` says what the
+    patient folds are stratified on, for the help text."""
+    p.add_argument(
+        "--folds",
+        default="patient",
+        help=f"'patient' (stratified on {stratified_on}, grouped by patient_id), 'reference' "
+        "(the study's seeded shuffle, 60/20/20 rotation), or a manifest column of fold ids or "
+        "train/val/test",
+    )
+    p.add_argument("--n-folds", type=int, default=5, help="folds for patient/reference (5)")
+    p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
+    p.add_argument(
+        "--rounds", type=int, nargs="+", help="run only these rounds, 0-based (default: all)"
+    )
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """Bootstrap, output and safety options every ``probes`` command takes."""
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples (over patients) per CI"
+    )
+    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    p.add_argument("--out", default="probe-results", help="output folder")
+    p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
+    p.add_argument(
+        "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def input_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of a store-reading run function from :func:`add_input_options` and
+    :func:`add_output_options`."""
+    return {
+        "store": args.store,
+        "manifest": args.manifest,
+        "encoder": args.encoder,
+        "root": args.root,
+        "allow_subset": args.allow_subset,
+    }
+
+
+def split_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`add_split_options`."""
+    return {
+        "folds": args.folds,
+        "n_folds": args.n_folds,
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "allow_leakage": args.allow_leakage,
+    }
+
+
+def output_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`add_output_options` (bootstrap, folder, format, progress)."""
+    return {
+        "n_boot": args.n_boot,
+        "out": args.out,
+        "table_format": args.format,
+        "progress": not args.quiet,
+    }
