@@ -22,12 +22,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from embedcache.intake import load_manifest
 from embedcache.provenance import git_commit
 from probes.cli import main
-from probes.core.bootstrap import clustered_ci, weighted_metrics
+from probes.core.bootstrap import clustered_ci, clustered_mean_ci, weighted_metrics
 from probes.core.metrics import format_mean_sd, format_median_range
 from probes.core.results import read_table
 from probes.report import load_run, load_runs
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
-from probes.segmentation.metrics import bootstrap_ci
 
 CHROMIUM = Path("/usr/bin/chromium")
 LINEAR = ("global", "grid16", "grid32")  # three probes on the same folds
@@ -271,22 +270,26 @@ def test_weighted_metrics_equal_scikit_learn_with_sample_weights():
     assert none["spec_at_0.5"][0] == pytest.approx((score[negatives] < 0.5).mean())
 
 
-def test_clustered_ci_equals_the_generic_patient_bootstrap():
-    """Same seed, same patient draws as probes.segmentation.metrics.bootstrap_ci with scikit-learn as the
-    statistic: the vectorised metrics give the same interval."""
+def test_clustered_ci_equals_a_loop_over_patient_resamples():
+    """The one bootstrap equals the textbook loop: draw the sorted patients with replacement,
+    take all their rows, compute scikit-learn's metric (or the mean), percentiles."""
     rng = np.random.default_rng(0)
-    patients = np.repeat([f"p{i}" for i in range(30)], rng.integers(1, 4, 30))
+    patients = np.repeat([f"p{i:02d}" for i in range(30)], rng.integers(1, 4, 30))
     truth = rng.integers(0, 2, len(patients))
     score = np.clip(truth * 0.3 + rng.random(len(patients)) * 0.8, 0, 1)
     fast = clustered_ci(truth, score, patients, n_boot=300, seed=11)
-    rows = np.column_stack([truth, score])
-
-    def safe(metric):
-        return lambda r: metric(r[:, 0], r[:, 1]) if len(np.unique(r[:, 0])) == 2 else np.nan
-
+    uniques = np.unique(patients)
+    members = [np.flatnonzero(patients == p) for p in uniques]
+    draws = np.random.default_rng(11).integers(0, len(uniques), size=(300, len(uniques)))
+    resampled = [np.concatenate([members[i] for i in d]) for d in draws]
     for name, metric in (("auroc", roc_auc_score), ("auprc", average_precision_score)):
-        slow = bootstrap_ci(rows, statistic=safe(metric), n_boot=300, groups=patients, seed=11)
-        assert fast[name] == pytest.approx(slow)
+        values = [metric(truth[r], score[r]) for r in resampled if len(np.unique(truth[r])) == 2]
+        assert fast[name] == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])))
+    dice = rng.random(len(patients))
+    means = [dice[r].mean() for r in resampled]
+    assert clustered_mean_ci(dice, patients, n_boot=300, seed=11) == pytest.approx(
+        tuple(np.quantile(means, [0.025, 0.975]))
+    )
 
 
 # -- comparisons --------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from PIL import Image
 from embedcache.intake.manifest import load_manifest
 from embedcache.intake.masks import chexmask_rle_encode, read_mask, siim_rle_encode
 from embedcache.store import GroupLayout, open_store
-from probes.segmentation.masks import MaskSource, PackedMasks, to_model_input
 from probes.core.bootstrap import clustered_mean_ci
 from probes.core.metrics import summarize_folds
+from probes.segmentation.masks import MaskSource, PackedMasks, to_model_input
 from probes.segmentation.metrics import (
     confusion_counts,
     dice_iou,

@@ -47,11 +47,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``probes`` console script; returns the exit status. Errors of the
     input (a missing column, a leaked patient, a bad option...) print one line, exit 2."""
+    from probes.core.protocol import COMMAND_LINE
     from probes.errors import USER_ERRORS
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    recorded = COMMAND_LINE.set(["probes", *argv])
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except USER_ERRORS as exc:
             print(f"probes {args.command}: error: {exc}", file=sys.stderr)
             return 2
+        finally:
+            COMMAND_LINE.reset(recorded)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -12,8 +12,8 @@ names, make its split (leakage checked), and record provenance and the fold tabl
 
 from __future__ import annotations
 
-import sys
 import warnings
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,11 @@ from probes.core.splits import (
     reference_rotation,
 )
 
-__all__ = ["folds_table", "make_split", "open_features", "provenance"]
+__all__ = ["COMMAND_LINE", "folds_table", "make_split", "open_features", "provenance"]
+
+#: The command line a run was started from (set by the ``probes`` command; ``None`` when a
+#: function is called from Python), recorded in ``run.json``.
+COMMAND_LINE: ContextVar[list[str] | None] = ContextVar("command_line", default=None)
 
 
 def open_features(inputs: Inputs, feature: str | None = None) -> FeatureSet:
@@ -100,7 +104,7 @@ def provenance(spec: RunSpec, fs: FeatureSet, split: Split, **fields: Any) -> di
         "excluded": fs.excluded_reasons,
         "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
         "seed": spec.split.seed,
-        "command": sys.argv if _from_command_line() else None,
+        "command": COMMAND_LINE.get(),
         "versions": library_versions(),
         "git_commit": git_commit(),
         **fields,
@@ -111,5 +115,3 @@ def _resolved(store: str) -> str:
     return store if "://" in store else str(Path(store).resolve())
 
 
-def _from_command_line() -> bool:
-    return Path(sys.argv[0]).name in ("probes", "__main__.py") if sys.argv else False
