@@ -4,7 +4,7 @@
 
     probes finetune cohort/manifest.csv --encoder rad-dino --label pneumothorax --out ft/
     probes finetune m.csv --encoder segformer-b4 --mask heart_mask --out ft-seg/
-    torchrun --nproc-per-node 4 -m probes.cli.finetune finetune m.csv --encoder rad-dino --label ptx --out ft/
+    torchrun --nproc-per-node 4 -m probes finetune m.csv --encoder rad-dino --label ptx --out ft/
 
 A thin shell over :func:`probes.finetune.finetune`. The run folder matches ``probes linear`` /
 ``probes seg`` (predictions, results.csv, summary.csv, folds.csv, run.json) plus

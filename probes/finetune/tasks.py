@@ -88,7 +88,7 @@ def segmentation(
     """``masks`` (:class:`~probes.segmentation.masks.PackedMasks` of column ``mask``, read as ``kind``, at
     ``config.mask_size``) of ``rows``, two classes, the segmentation probe's loss, Dice;
     ``both_empty`` scores images empty in truth and prediction as ``probes seg`` does."""
-    from probes.segmentation.metrics import summarize_folds
+    from probes.core.metrics import segmentation_summary
     from probes.segmentation.run import results_by_round
 
     mask_shape = tuple(config.mask_size)
@@ -112,11 +112,7 @@ def segmentation(
 
     def tables(predictions):
         results = results_by_round(predictions, n_boot=n_boot, seed=config.seed)
-        test = predictions[predictions["split"] == "test"]
-        summary = pd.concat(
-            [summarize_folds(test, m, fold="round").assign(metric=m) for m in ("dice", "iou")]
-        )
-        return results, summary
+        return results, segmentation_summary(predictions)
 
     return TaskSetup(
         Targets(masks=masks),
