@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,20 @@ from embedcache.store.backends import detect_format, open_backend
 from embedcache.store.layout import (
     DONE,
     FEATURE_ARRAYS,
+    FORMAT_VERSION,
+    IDS,
+    IMAGE,
     SKIPPED,
     GroupLayout,
     check_fits,
+    ids_array_name,
+)
+from embedcache.store.progress import (
+    COUNTS,
+    WRITING,
+    GroupCounts,
+    recorded_counts,
+    scanned_counts,
 )
 from embedcache.store.shards import RowReader, local_shard_layout, write_shard
 from embedcache.store.urls import StoreLocation, locate
@@ -40,22 +52,35 @@ class StoreGroup:
         key: group name (the encoder key).
         node: the underlying ``zarr.Group`` / ``h5py.Group``.
         layout: shapes and dtype (:class:`GroupLayout`).
+        records_counts: bump the ``counts`` attribute as rows are flagged (the attributes'
+            writer does; a torchrun rank other than 0 does not, see
+            :mod:`embedcache.store.progress`).
     """
 
     def __init__(self, backend: Any, key: str):
         self._backend = backend
         self.key = key
         self.node = backend.group(key)
-        if "layout" not in self.attrs:
+        attrs = self.attrs
+        if "layout" not in attrs:
             raise StoreMismatchError(
                 f"encoder group {key} was never completely created (its creation was "
                 "interrupted); run the extraction again to recreate it"
             )
-        self.layout = GroupLayout.from_attrs(self.attrs["layout"])
+        self.layout = GroupLayout.from_attrs(attrs["layout"])
+        #: 1 (ids array ``ids``, no dimension names, no counts) or 2, see store.layout
+        self.format_version = int(attrs.get("format_version", 1))
+        self._ids_name = ids_array_name(attrs)
+        self.records_counts = True
         self._readers: dict[str, RowReader] = {}
         self._arrays: dict[str, Any] = {}
         self._shard_layouts: dict[str, Any] = {}
         self._ids: np.ndarray | None = None
+
+    @property
+    def store_path(self) -> Path | str:
+        """The store's path (local) or URL (remote)."""
+        return self._backend.path
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -66,7 +91,10 @@ class StoreGroup:
         self._backend.set_attrs(self.node, attrs)
 
     def array(self, name: str) -> Any:
-        """The plain ``zarr.Array`` / ``h5py.Dataset`` called ``name``."""
+        """The plain ``zarr.Array`` / ``h5py.Dataset`` called ``name`` (``ids`` and ``image``
+        both name the image-id array, whatever its name on disk)."""
+        if name in (IDS, IMAGE):
+            name = self._ids_name
         if name not in self._arrays:
             self._arrays[name] = self.node[name]
         return self._arrays[name]
@@ -75,7 +103,7 @@ class StoreGroup:
     def ids(self) -> np.ndarray:
         """Image ids ``(N,)`` in manifest order."""
         if self._ids is None:
-            self._ids = self._backend.read_ids(self.node)
+            self._ids = self._backend.read_ids(self.array(IDS))
         return self._ids
 
     @property
@@ -87,6 +115,52 @@ class StoreGroup:
     def skipped(self) -> np.ndarray:
         """``(N,)`` bool: rows recorded as unreadable (``--skip-bad``)."""
         return np.asarray(self.array(SKIPPED)[:], dtype=bool)
+
+    def counts(self) -> GroupCounts:
+        """Rows, done and skipped counts: from the metadata (one read, whatever N), or for a
+        format-1 group by reading the flag arrays (``scanned``). See
+        :mod:`embedcache.store.progress` for when recorded counts are exact."""
+        return recorded_counts(self.attrs) or self.scan_counts()
+
+    def scan_counts(self) -> GroupCounts:
+        """Counts read from the ``done`` and ``skipped`` arrays (a full read of both)."""
+        return scanned_counts(self.done, self.skipped)
+
+    def recount(self) -> GroupCounts:
+        """Scan the flags and record the exact counts (call as the attributes' writer)."""
+        counts = self.scan_counts()
+        self.update_attrs({COUNTS: counts.to_attrs()})
+        return counts
+
+    def begin_writing(self, done: np.ndarray, world_size: int = 1) -> GroupCounts:
+        """Mark the group as being written (readers then treat the counts as a lower bound),
+        recounting first where a killed run (or a hand edit of the flags) left the counts
+        behind. Call under the writer lock, as the attributes' writer.
+
+        Args:
+            done: the ``(N,)`` done flags, as the caller just read them (to find what is
+                pending); ``skipped`` is read only when the counts need recounting.
+            world_size: processes about to write.
+        """
+        counts = recorded_counts(self.attrs)
+        if counts is None or not counts.exact or counts.done != int(np.count_nonzero(done)):
+            counts = scanned_counts(done, self.skipped)
+            self.update_attrs({COUNTS: counts.to_attrs()})
+        owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+            "world_size": world_size,
+        }
+        self.update_attrs({WRITING: owner})
+        return GroupCounts(counts.rows, counts.done, counts.skipped, owner)
+
+    def end_writing(self, recount: bool) -> GroupCounts:
+        """Record the final counts (rescanned with ``recount``: rows other processes flagged)
+        and clear the ``writing`` mark: from here on the counts are exact."""
+        counts = self.scan_counts() if recount else self.counts()
+        self.update_attrs({COUNTS: counts.to_attrs(), WRITING: None})
+        return GroupCounts(counts.rows, counts.done, counts.skipped)
 
     def skip_reasons(self) -> dict[str, str]:
         """``{image_id: reason}`` for every skipped row."""
@@ -148,8 +222,8 @@ class StoreGroup:
         array[start:stop] = values
 
     def mark_done(self, rows: np.ndarray) -> None:
-        """Set ``done`` for ``rows`` (after their features were written)."""
-        self._set_flags(DONE, rows)
+        """Set ``done`` for ``rows`` (after their features were written), then the counts."""
+        self._count(done=self._set_flags(DONE, rows))
 
     def mark_skipped(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
         """Record unreadable rows: ``skipped`` and ``done`` flags and ``{image_id: reason}``.
@@ -160,23 +234,36 @@ class StoreGroup:
         if len(rows) == 0:
             return
         self.record_skip_reasons(reasons)
-        self._set_flags(SKIPPED, rows)
-        self._set_flags(DONE, rows)
+        skipped = self._set_flags(SKIPPED, rows)
+        self._count(done=self._set_flags(DONE, rows), skipped=skipped)
 
     def record_skip_reasons(self, reasons: dict[str, str]) -> None:
         """Merge ``{image_id: reason}`` into the group's ``skip_reasons`` attribute."""
         if reasons:
             self.update_attrs({"skip_reasons": {**self.skip_reasons(), **reasons}})
 
-    def _set_flags(self, name: str, rows: np.ndarray) -> None:
+    def _set_flags(self, name: str, rows: np.ndarray) -> int:
+        """Set flag array ``name`` at ``rows``; returns how many were not set before."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         if len(rows) == 0:
-            return
+            return 0
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         flags = np.asarray(self.array(name)[lo:hi], dtype=bool)
+        new = int(np.count_nonzero(~flags[rows - lo]))
         flags[rows - lo] = True
         self.array(name)[lo:hi] = flags
         self._backend.flush()
+        return new
+
+    def _count(self, done: int, skipped: int = 0) -> None:
+        """Add newly flagged rows to the recorded counts (after the flags are written, so a
+        kill in between leaves the counts low, never high)."""
+        if not self.records_counts or not (done or skipped):
+            return
+        counts = recorded_counts(self.attrs)
+        if counts is not None:  # a format-1 group gets its counts when it is upgraded
+            self.update_attrs({COUNTS: counts.bumped(done, skipped).to_attrs()})
+            self._backend.flush()
 
 
 class EmbeddingStore:
@@ -224,6 +311,14 @@ class EmbeddingStore:
         """Remove temp files left by writes a crash cut short (call under the writer lock)."""
         return self._backend.clear_partial_writes(key)
 
+    def upgrade_group(self, key: str) -> bool:
+        """Bring a group written in store format 1 to the current format (image ids as the
+        ``image`` coordinate, dimension names, recorded counts); True if it changed. Call under
+        the group's writer lock (see :mod:`embedcache.store.migrate`)."""
+        from embedcache.store.migrate import upgrade_group
+
+        return upgrade_group(self._backend, key)
+
     def delete_group(self, key: str) -> None:
         """Remove a group and its arrays (used for half-created groups, under the lock)."""
         del self._backend.root[key]
@@ -238,8 +333,16 @@ class EmbeddingStore:
         killed half-way is detected by :meth:`is_complete` and redone.
         """
         node = self._backend.create_group(key, layout, ids)
+        counts = GroupCounts(layout.n_rows, 0, 0)
         self._backend.set_attrs(
-            node, {**attrs, "layout": layout.to_attrs(), "created": time.time()}
+            node,
+            {
+                **attrs,
+                "format_version": FORMAT_VERSION,
+                COUNTS: counts.to_attrs(),
+                "layout": layout.to_attrs(),
+                "created": time.time(),
+            },
         )
         self._backend.flush()
         return StoreGroup(self._backend, key)
