@@ -89,6 +89,11 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="probe-results", help="output folder")
     p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
     p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="probe the rows done so far of a group still being (or not fully) extracted",
+    )
+    p.add_argument(
         "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -98,8 +103,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_features(args: argparse.Namespace, feature: str) -> FeatureSet:
-    """The FeatureSet named by ``store``, ``--manifest``, ``--encoder``, ``--root`` and
-    ``--allow-subset``, reading array ``feature`` (``global``, ``grid16``, ...)."""
+    """The FeatureSet named by ``store``, ``--manifest``, ``--encoder``, ``--root``,
+    ``--allow-subset`` and ``--allow-partial``, reading array ``feature`` (``global``,
+    ``grid16``, ...)."""
     return FeatureSet.open(
         args.store,
         args.manifest,
@@ -107,6 +113,7 @@ def open_features(args: argparse.Namespace, feature: str) -> FeatureSet:
         feature,
         root=args.root,
         allow_subset=args.allow_subset,
+        allow_partial=args.allow_partial,
     )
 
 

@@ -200,6 +200,7 @@ class StoreGroup:
             cast[name] = values
         if len({len(v) for v in cast.values()}) != 1:
             raise ValueError("feature arrays of one write must have the same row count")
+        self._backend.check_present(self.key)
         for name, values in cast.items():
             self._write_array(name, start, values)
 
@@ -248,6 +249,7 @@ class StoreGroup:
         if len(rows) == 0:
             return 0
         lo, hi = int(rows[0]), int(rows[-1]) + 1
+        self._backend.check_present(self.key)
         flags = np.asarray(self.array(name)[lo:hi], dtype=bool)
         new = int(np.count_nonzero(~flags[rows - lo]))
         flags[rows - lo] = True

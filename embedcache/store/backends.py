@@ -8,6 +8,7 @@ dimension labels with the ``image`` dataset attached as the scale of every array
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ from embedcache.store.layout import (
     GroupLayout,
     dimension_names,
 )
+from embedcache.store.lock import StoreLockedError
 from embedcache.store.urls import StoreLocation, StoreURLError, locate
 
 FORMATS = ("zarr", "hdf5")
@@ -191,6 +193,15 @@ class ZarrBackend:
             orphan.unlink(missing_ok=True)
         return len(orphans)
 
+    def check_present(self, key: str) -> None:
+        """Raise ``FileNotFoundError`` if a local group's folder is gone (an unmounted disk):
+        zarr would otherwise recreate the folders beneath the emptied mount point."""
+        if self.location.local is None:
+            return
+        folder = self.location.local / key
+        if not (folder / "zarr.json").is_file():
+            raise FileNotFoundError(errno.ENOENT, "the group's folder is gone", str(folder))
+
     def flush(self) -> None:
         """Zarr writes each chunk file atomically (temp file + rename) as it goes."""
 
@@ -212,7 +223,14 @@ class Hdf5Backend:
         resolve_format(location, self.name)  # refuses a URL
         self.location = location
         self.path = location.local
-        self.file = h5py.File(self.path, "r" if mode == "r" else "a")
+        try:
+            self.file = h5py.File(self.path, "r" if mode == "r" else "a")
+        except BlockingIOError:  # HDF5's file lock: another process has it open for writing
+            raise StoreLockedError(
+                f"HDF5 store {self.path} is open for writing by another process (an "
+                "extraction?), and an HDF5 file cannot be opened while it is written. Wait for "
+                "it to finish, or extract into a zarr store, which readers can open at any time"
+            ) from None
         if mode != "r" and "format" not in self.file.attrs:
             self.set_attrs(self.file, {"format": FORMAT, "format_version": FORMAT_VERSION})
         self.root = self.file
@@ -294,6 +312,12 @@ class Hdf5Backend:
     def clear_partial_writes(self, key: str) -> int:
         """Nothing to clear: feature datasets are preallocated and written in place."""
         return 0
+
+    def check_present(self, key: str) -> None:
+        """Raise ``FileNotFoundError`` if the file was removed (or its disk unmounted) while
+        open: writes through the open handle would silently go nowhere."""
+        if not self.path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "the HDF5 file is gone", str(self.path))
 
     def flush(self) -> None:
         self.file.flush()
