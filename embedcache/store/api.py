@@ -299,10 +299,12 @@ class EmbeddingStore:
         return key in self.keys()
 
     def group(self, key: str) -> StoreGroup:
-        if key not in self.keys():
+        """The encoder group ``key`` (reads its metadata only: no listing of the store)."""
+        try:
+            return StoreGroup(self._backend, key)
+        except KeyError:
             known = ", ".join(self.keys()) or "(none)"
-            raise KeyError(f"no encoder group {key!r} in {self.path}; groups: {known}")
-        return StoreGroup(self._backend, key)
+            raise KeyError(f"no encoder group {key!r} in {self.path}; groups: {known}") from None
 
     def is_complete(self, key: str) -> bool:
         """False for a group whose creation was interrupted (its layout attribute, written

@@ -65,14 +65,18 @@ class ZarrBackend:
         if location.local is None:
             try:
                 self.root = zarr.open_group(
-                    location.zarr_store(read_only=mode == "r"), mode="r" if mode == "r" else "a"
+                    location.zarr_store(read_only=mode == "r"),
+                    mode="r" if mode == "r" else "a",
+                    zarr_format=3,  # never probe for zarr v2 files (requests on object stores)
                 )
             except GroupNotFoundError:
                 raise FileNotFoundError(f"no zarr store at {location}") from None
         else:
             if mode == "r" and not (location.local / "zarr.json").exists():
                 raise FileNotFoundError(f"no zarr store at {self.path}")
-            self.root = zarr.open_group(str(location.local), mode="r" if mode == "r" else "a")
+            self.root = zarr.open_group(
+                str(location.local), mode="r" if mode == "r" else "a", zarr_format=3
+            )
         if mode != "r" and "format" not in self.root.attrs:
             self.root.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION})
 
