@@ -57,10 +57,10 @@ class StoreGroup:
             :mod:`embedcache.store.progress`).
     """
 
-    def __init__(self, backend: Any, key: str):
+    def __init__(self, backend: Any, key: str, node: Any = None):
         self._backend = backend
         self.key = key
-        self.node = backend.group(key)
+        self.node = backend.group(key) if node is None else node
         attrs = self.attrs
         if "layout" not in attrs:
             raise StoreMismatchError(
@@ -72,6 +72,7 @@ class StoreGroup:
         self.format_version = int(attrs.get("format_version", 1))
         self._ids_name = ids_array_name(attrs)
         self.records_counts = True
+        self._session: GroupCounts | None = None  # running counts while this process writes
         self._readers: dict[str, RowReader] = {}
         self._arrays: dict[str, Any] = {}
         self._shard_layouts: dict[str, Any] = {}
@@ -118,19 +119,16 @@ class StoreGroup:
 
     def counts(self) -> GroupCounts:
         """Rows, done and skipped counts: from the metadata (one read, whatever N), or for a
-        format-1 group by reading the flag arrays (``scanned``). See
-        :mod:`embedcache.store.progress` for when recorded counts are exact."""
+        format-1 group by reading the flag arrays (``scanned``). In the process writing the
+        group, its own running counts. See :mod:`embedcache.store.progress` for when recorded
+        counts are exact."""
+        if self._session is not None:
+            return self._session
         return recorded_counts(self.attrs) or self.scan_counts()
 
     def scan_counts(self) -> GroupCounts:
         """Counts read from the ``done`` and ``skipped`` arrays (a full read of both)."""
         return scanned_counts(self.done, self.skipped)
-
-    def recount(self) -> GroupCounts:
-        """Scan the flags and record the exact counts (call as the attributes' writer)."""
-        counts = self.scan_counts()
-        self.update_attrs({COUNTS: counts.to_attrs()})
-        return counts
 
     def begin_writing(self, done: np.ndarray, world_size: int = 1) -> GroupCounts:
         """Mark the group as being written (readers then treat the counts as a lower bound),
@@ -145,21 +143,24 @@ class StoreGroup:
         counts = recorded_counts(self.attrs)
         if counts is None or not counts.exact or counts.done != int(np.count_nonzero(done)):
             counts = scanned_counts(done, self.skipped)
-            self.update_attrs({COUNTS: counts.to_attrs()})
         owner = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "since": time.time(),
             "world_size": world_size,
         }
-        self.update_attrs({WRITING: owner})
-        return GroupCounts(counts.rows, counts.done, counts.skipped, owner)
+        self.update_attrs({COUNTS: counts.to_attrs(), WRITING: owner})
+        self._backend.flush()
+        self._session = GroupCounts(counts.rows, counts.done, counts.skipped, owner)
+        return self._session
 
     def end_writing(self, recount: bool) -> GroupCounts:
         """Record the final counts (rescanned with ``recount``: rows other processes flagged)
         and clear the ``writing`` mark: from here on the counts are exact."""
         counts = self.scan_counts() if recount else self.counts()
         self.update_attrs({COUNTS: counts.to_attrs(), WRITING: None})
+        self._backend.flush()
+        self._session = None
         return GroupCounts(counts.rows, counts.done, counts.skipped)
 
     def skip_reasons(self) -> dict[str, str]:
@@ -259,8 +260,19 @@ class StoreGroup:
 
     def _count(self, done: int, skipped: int = 0) -> None:
         """Add newly flagged rows to the recorded counts (after the flags are written, so a
-        kill in between leaves the counts low, never high)."""
+        kill in between leaves the counts low, never high).
+
+        During an extraction (:meth:`begin_writing`) an HDF5 group keeps them in memory until
+        :meth:`end_writing`: nobody can read the file while it is written (HDF5's file lock),
+        and an attribute write changes file metadata, which row writes never do (a kill
+        mid-write cannot damage it). A zarr group records them at once, for its readers.
+        """
         if not self.records_counts or not (done or skipped):
+            return
+        if self._session is not None:
+            self._session = self._session.bumped(done, skipped)
+            if self._backend.live_counts:
+                self.update_attrs({COUNTS: self._session.to_attrs()})
             return
         counts = recorded_counts(self.attrs)
         if counts is not None:  # a format-1 group gets its counts when it is upgraded
@@ -301,10 +313,13 @@ class EmbeddingStore:
     def group(self, key: str) -> StoreGroup:
         """The encoder group ``key`` (reads its metadata only: no listing of the store)."""
         try:
-            return StoreGroup(self._backend, key)
+            if not key or "/" in key:  # a group of the root, not a path into one
+                raise KeyError(key)
+            node = self._backend.group(key)
         except KeyError:
             known = ", ".join(self.keys()) or "(none)"
             raise KeyError(f"no encoder group {key!r} in {self.path}; groups: {known}") from None
+        return StoreGroup(self._backend, key, node)
 
     def is_complete(self, key: str) -> bool:
         """False for a group whose creation was interrupted (its layout attribute, written

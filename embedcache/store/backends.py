@@ -55,6 +55,8 @@ class ZarrBackend:
     compression at 1.3-20x the write time; see docs/benchmarks.md)."""
 
     name = "zarr"
+    #: readers may open the store while it is written: record row counts as shards finish
+    live_counts = True
 
     def __init__(self, location: StoreLocation, mode: str):
         import zarr
@@ -220,6 +222,8 @@ class Hdf5Backend:
     half-written chunk index behind), and random row reads are as fast as a memmap."""
 
     name = "hdf5"
+    #: no reader can open the file while it is written: row counts are recorded at the end
+    live_counts = False
 
     def __init__(self, location: StoreLocation, mode: str):
         import h5py

@@ -13,7 +13,8 @@ extraction starts (after a full recount, which also repairs counts a killed run 
 and removed only when the run records its exact final counts. Without ``writing`` the counts
 are exact; with it they are a lower bound. ``embedcache verify`` always recounts the flags and
 reports a difference. Under torchrun only rank 0 (the attributes' one writer) bumps the counts
-as it goes, so they lag by the other ranks' shards until the run ends.
+as it goes, so they lag by the other ranks' shards until the run ends. An HDF5 group records
+them when a run starts and ends only (no reader can open the file in between).
 """
 
 from __future__ import annotations
