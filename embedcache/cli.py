@@ -115,6 +115,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
+    from embedcache.store.verify import STATES
+
     print(f"{summary['path']} ({summary['format']}), {len(summary['groups'])} encoder group(s)")
     for g in summary["groups"]:
         grids = ", ".join(
@@ -127,6 +129,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{g['bytes_per_image'] / 1e6:.2f} MB/image"
         )
         print(f"    global {g['global'][1]}; {grids}")
+        if g["state"] != "complete":
+            print(f"    {g['state']}: {STATES[g['state']]}")
+        if g["counts"] == "scanned":
+            print(
+                "    (store format 1: counts read from the done/skipped flags; the next extract "
+                "run into this group records them, which makes info instant)"
+            )
     return 0
 
 
@@ -198,33 +207,41 @@ _COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from embedcache.encoders._weights import CheckpointError
-    from embedcache.encoders.hf_loading import WeightsUnavailableError
-    from embedcache.extract.distributed import DistributedSetupError, RankFailedError
-    from embedcache.intake.images import ImageReadError
-    from embedcache.intake.manifest import ManifestError
-    from embedcache.store import StoreLockedError, StoreMismatchError, StoreOverflowError
-    from embedcache.store.urls import StoreURLError
+#: Errors users can fix, as (module, class). Looked up only in modules already imported: an
+#: error can only have been raised by a module that was loaded, and importing them all here
+#: would load torch and the encoders for `info` and `verify`.
+_USER_ERRORS = (
+    ("embedcache.intake.errors", "ImageReadError"),
+    ("embedcache.intake.manifest", "ManifestError"),
+    ("embedcache.store.lock", "StoreLockedError"),
+    ("embedcache.store.api", "StoreMismatchError"),
+    ("embedcache.store.layout", "StoreOverflowError"),
+    ("embedcache.store.urls", "StoreURLError"),
+    ("embedcache.store.faults", "StoreWriteError"),
+    ("embedcache.encoders.hf_loading", "WeightsUnavailableError"),
+    ("embedcache.encoders._weights", "CheckpointError"),
+    ("embedcache.extract.distributed", "RankFailedError"),
+    ("embedcache.extract.distributed", "DistributedSetupError"),
+)
 
-    args = build_parser().parse_args(argv)
-    user_errors = (
-        ImageReadError,
-        ManifestError,
-        StoreLockedError,
-        StoreMismatchError,
-        StoreOverflowError,
-        FileNotFoundError,
-        KeyError,
-        WeightsUnavailableError,
-        CheckpointError,
-        StoreURLError,
-        RankFailedError,
-        DistributedSetupError,
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes printed as one line (exit 2) rather than with a traceback."""
+    loaded = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in _USER_ERRORS
+        if module in sys.modules and hasattr(sys.modules[module], name)
     )
+    return (*loaded, FileNotFoundError, KeyError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except user_errors as err:
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"embedcache {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
 """Child process for test_kill_resume.py: runs an extraction and SIGKILLs itself at a chosen point.
 
     python tests/kill_child.py MANIFEST SPEC STORE POINT
-    POINT = create | write:N | put:N | shardput:N | done:N | never
+    POINT = create | write:N | put:N | shardput:N | done:N | stop:N | never
 
 ``write:N`` dies in the N-th shard write after the global array was written but before the grids;
 ``put:N`` dies half-way through writing the N-th zarr file (metadata included);
 ``shardput:N`` half-way through writing the N-th whole shard file (the store's own writer); ``done:N`` dies right
-after the N-th shard was marked done; ``create`` right after the group was created.
+after the N-th shard was marked done; ``create`` right after the group was created. ``stop:N``
+stops (SIGSTOP, not kill) right after the N-th shard was marked done: the parent can look at a
+store mid-extraction, then let the run go on with SIGCONT.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def main() -> None:
         EmbeddingStore.create_group = counted(EmbeddingStore.create_group, after=die)
     elif what == "done":
         StoreGroup.mark_done = counted(StoreGroup.mark_done, after=die)
+    elif what == "stop":
+        StoreGroup.mark_done = counted(
+            StoreGroup.mark_done, after=lambda: os.kill(os.getpid(), signal.SIGSTOP)
+        )
     elif what == "write":
         original = StoreGroup.write_rows
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -190,18 +191,21 @@ CREDENTIALS = {"key": "testing", "secret": "testing"}
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    """``moto_server`` on a free loopback port; yields its endpoint URL with a bucket made."""
+def s3_server(tmp_path_factory):
+    """``moto_server`` on a free loopback port; yields its endpoint URL with a bucket made.
+    Its request recorder (off until started, see :func:`_requests_of`) writes to a temp file."""
     import boto3
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = Path(sys.executable).with_name("moto_server")
+    recording = tmp_path_factory.mktemp("moto") / "recording.jsonl"
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)},
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -285,3 +289,66 @@ def test_two_ranks_extract_into_s3(
     got = _contents(url, storage_options=s3_options)
     _assert_same_store(got, local_reference)
     assert got[1]["extraction"]["world_size"] == 2
+
+
+def _requests_of(endpoint: str, action) -> list[tuple[str, str]]:
+    """``(method, path)`` of every request the S3 server received while ``action()`` ran,
+    from moto's own request recorder."""
+
+    def recorder(what: str) -> str:
+        request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{what}", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read().decode()
+
+    recorder("reset-recording")
+    recorder("start-recording")
+    try:
+        action()
+    finally:
+        recorder("stop-recording")
+    with urllib.request.urlopen(f"{endpoint}/moto-api/recorder/download-recording") as response:
+        lines = response.read().decode().splitlines()
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return [(e["method"], urllib.parse.urlsplit(e["url"]).path) for e in entries]
+
+
+def test_info_costs_the_same_requests_at_any_row_count(s3_options, s3_server, tmp_path):
+    """``embedcache info`` as a whole process against the S3 server: the same requests for a
+    group of 256 rows and of 25,600 (whose ``done`` flags alone are 4 and 400 objects)."""
+    from embedcache.store import GroupLayout
+
+    prefix = uuid.uuid4().hex
+    env = {**os.environ, STORAGE_OPTIONS_ENV: json.dumps(s3_options), "HF_HUB_OFFLINE": "1"}
+    seen, scans = {}, {}
+    for n in (256, 25_600):
+        url = f"s3://cohorts/{prefix}/n{n}.zarr"
+        layout = GroupLayout(
+            n_rows=n, global_dim=4, grid_shapes={16: (1, 1, 2), 32: (1, 1, 2)}, rows_per_shard=64
+        )
+        with open_store(url, "a", storage_options=s3_options) as store:
+            group = store.create_group("enc-0123456789ab", layout, np.arange(n).astype(str), {})
+            group.mark_done(np.arange(n))
+
+        def info(url=url, n=n):
+            proc = subprocess.run(
+                [sys.executable, "-m", "embedcache", "info", url, "--json"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            assert proc.returncode == 0, proc.stderr
+            (group,) = json.loads(proc.stdout)["groups"]
+            assert (group["done"], group["rows"], group["counts"]) == (n, n, "recorded")
+
+        requests = _requests_of(s3_server, info)
+        seen[n] = sorted((method, path.replace(f"n{n}.zarr", "STORE")) for method, path in requests)
+
+        def scan(url=url):
+            with open_store(url, storage_options=s3_options) as store:
+                assert store.group("enc-0123456789ab").done.all()  # what info read before
+
+        scans[n] = len(_requests_of(s3_server, scan))
+    assert seen[256] == seen[25_600], (seen[256], seen[25_600])
+    assert len(seen[256]) <= 12, "\n".join(map(str, seen[256]))
+    assert scans[25_600] >= scans[256] + 396  # the recorder does count every chunk read

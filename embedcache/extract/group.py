@@ -15,7 +15,7 @@ from embedcache.intake.images import ImageReadError, read_image
 from embedcache.intake.manifest import Manifest
 from embedcache.provenance import library_versions
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError
-from embedcache.store.layout import GroupLayout, encoder_key
+from embedcache.store.layout import FORMAT_VERSION, GroupLayout, encoder_key
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -92,6 +92,12 @@ def open_group(
                 f"from this run: {_differences(recorded or {}, material)}"
             )
         _check_manifest(group, manifest)
+        if store.upgrade_group(key):
+            log(
+                f"note: upgraded group {key} to store format {FORMAT_VERSION} (image ids as the "
+                "`image` coordinate, dimension names, recorded row counts)"
+            )
+            group = store.group(key)
         return group
     for note in _note_siblings(store, key, material):
         log(f"note: new group {key}; existing {note}")
@@ -126,8 +132,9 @@ def finish_run(
     n_pending: int,
 ) -> None:
     """After every rank reported (rank 0, or the only process): record the ranks' skip
-    reasons and this run's provenance (``extraction``: world size, hosts, end time, and
-    whether every pending row was processed).
+    reasons, this run's provenance (``extraction``: world size, hosts, end time, and
+    whether every pending row was processed) and the group's final row counts (recounted from
+    the flags when other ranks wrote or a rank failed), clearing its ``writing`` mark.
 
     Args:
         reports: one per rank, as ``runner._run`` returns them (or ``{"error": ...}``).
@@ -151,6 +158,8 @@ def finish_run(
             }
         }
     )
+    failed = any("error" in r for r in reports)
+    group.end_writing(recount=world_size > 1 or failed)
 
 
 def _lost_skip_reasons(

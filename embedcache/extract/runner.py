@@ -36,6 +36,7 @@ from embedcache.intake.images import ImageReadError
 from embedcache.intake.manifest import Manifest, load_manifest
 from embedcache.store.api import StoreGroup, open_store
 from embedcache.store.backends import resolve_format
+from embedcache.store.faults import store_writes
 from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, encoder_key
 from embedcache.store.lock import GroupLock
 from embedcache.store.urls import locate
@@ -179,18 +180,21 @@ def extract(
         failure: Exception | None = None
         if ranks.is_main:
             try:
-                store = stack.enter_context(open_store(location, "a", fmt))
-                stack.enter_context(GroupLock(location, key, break_lock=break_lock))
-                group = open_group(
-                    store,
-                    encoder,
-                    manifest,
-                    material,
-                    dtype=dtype,
-                    rows_per_shard=rows_per_shard,
-                    log=log,
-                )
-                setup = {"pending": np.flatnonzero(~group.done).tolist()}
+                with store_writes(location):
+                    store = stack.enter_context(open_store(location, "a", fmt))
+                    stack.enter_context(GroupLock(location, key, break_lock=break_lock))
+                    group = open_group(
+                        store,
+                        encoder,
+                        manifest,
+                        material,
+                        dtype=dtype,
+                        rows_per_shard=rows_per_shard,
+                        log=log,
+                    )
+                    done = group.done
+                    group.begin_writing(done, info.world_size)
+                setup = {"pending": np.flatnonzero(~done).tolist()}
             except Exception as err:
                 if not info.distributed:
                     raise
@@ -201,7 +205,9 @@ def extract(
         if "error" in setup:
             raise RankFailedError(f"rank 0 could not open the group: {setup['error']}")
         if group is None:
-            group = stack.enter_context(open_store(location, "a", fmt)).group(key)
+            with store_writes(location):
+                group = stack.enter_context(open_store(location, "a", fmt)).group(key)
+            group.records_counts = False  # rank 0 records the counts (progress.py)
         pending = np.asarray(setup["pending"], dtype=np.int64)
         mine = rank_rows(pending, group.layout.rows_per_shard, info)
         try:
@@ -220,11 +226,13 @@ def extract(
             )
         except Exception as err:
             if not info.distributed:
+                _end_after_failure(group)
                 raise
             failure, report = err, {"error": _describe(err)}
         reports = ranks.gather(report)
         if ranks.is_main:
-            finish_run(group, reports, manifest, info.world_size, n_pending=len(pending))
+            with store_writes(location):
+                finish_run(group, reports, manifest, info.world_size, n_pending=len(pending))
         ranks.barrier()
     if failure is not None:
         raise failure
@@ -249,6 +257,15 @@ def extract(
 
 def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
+
+
+def _end_after_failure(group: StoreGroup) -> None:
+    """After a one-process run stopped with an error: record the counts (recounted: the error
+    may have come between a shard's flags and its count) and clear the ``writing`` mark. Best
+    effort: where the store cannot take even that (a full disk), the mark stays, readers treat
+    the counts as a lower bound and the next run recounts."""
+    with contextlib.suppress(Exception):
+        group.end_writing(recount=True)
 
 
 def _run(

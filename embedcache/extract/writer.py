@@ -3,7 +3,9 @@
 Rows arrive in batches; they are gathered per shard in the store's dtype and written when the
 shard's pending rows are all present (zarr shards are written whole, which is 2x faster than
 partial writes). ``done`` is set only after a shard's features are written, so a crash at any
-point leaves the store consistent: done rows are complete, the rest are redone on resume.
+point leaves the store consistent: done rows are complete, the rest are redone on resume. A
+write the store's location refuses (full disk, read-only, vanished mount) stops the run with a
+:class:`~embedcache.store.faults.StoreWriteError` naming the store and the cause.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedcache.store.api import StoreGroup
+from embedcache.store.faults import store_writes
 from embedcache.store.layout import FEATURE_ARRAYS, check_fits
 
 _STOP = object()
@@ -44,6 +47,7 @@ class ShardWriter:
         self.group = group
         self.layout = group.layout
         self.rows_per_shard = self.layout.rows_per_shard
+        self._pending = len(pending)
         shards, counts = np.unique(pending // self.rows_per_shard, return_counts=True)
         self._expected = dict(zip(shards.tolist(), counts.tolist(), strict=True))
         self._buffers: dict[int, dict[str, Any]] = {}
@@ -93,12 +97,21 @@ class ShardWriter:
             if self._error is not None:
                 continue  # drain after a failure; the main thread re-raises
             try:
-                if item[0] == "rows":
-                    self._add_rows(item[1], item[2])
-                else:
-                    self._add_skips(item[1], item[2])
+                with store_writes(self.group.store_path, self._progress):
+                    if item[0] == "rows":
+                        self._add_rows(item[1], item[2])
+                    else:
+                        self._add_skips(item[1], item[2])
             except BaseException as err:  # re-raised in the main thread
                 self._error = err
+
+    def _progress(self) -> str:
+        """What is kept, for the message of a failed write."""
+        if self.group.records_counts:
+            counts = self.group.counts()
+            return f"{counts.done} of {counts.rows} rows done"
+        done = self.rows_written + self.rows_skipped
+        return f"this rank finished {done} of its {self._pending} rows"
 
     def _buffer(self, shard: int) -> dict[str, Any]:
         if shard not in self._buffers:

@@ -1,13 +1,16 @@
 """The embedding store: zarr v3 (default) or HDF5, one group per encoder key."""
 
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
+from embedcache.store.faults import StoreWriteError
 from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key
 from embedcache.store.lock import GroupLock, StoreLockedError
+from embedcache.store.progress import GroupCounts
 from embedcache.store.shards import RowReader
 from embedcache.store.urls import StoreURLError
 
 __all__ = [
     "EmbeddingStore",
+    "GroupCounts",
     "GroupLayout",
     "GroupLock",
     "RowReader",
@@ -16,6 +19,7 @@ __all__ = [
     "StoreMismatchError",
     "StoreOverflowError",
     "StoreURLError",
+    "StoreWriteError",
     "encoder_key",
     "open_store",
 ]

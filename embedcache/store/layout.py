@@ -4,13 +4,18 @@ One store holds one group per encoder key::
 
     <store>/                      attrs: format, format_version
       <encoder key>/              attrs: encoder provenance, preprocessing, library versions,
-                                  manifest digest, dtype, grid specs, created
-        ids      (N,)             image ids, manifest order (strings)
+                                  manifest digest, dtype, grid specs, created, format_version,
+                                  counts (rows, done, skipped; see embedcache.store.progress)
+        image    (N,)             image ids, manifest order (strings); ``ids`` in format 1
         global   (N, D)
         grid16   (N, h, w, C)     one image per inner chunk, ``rows_per_shard`` images per shard
         grid32   (N, h', w', C')
         done     (N,)             True once the row is durably written (or recorded as skipped)
         skipped  (N,)             True for rows recorded as unreadable under ``--skip-bad``
+
+Every array carries its dimension names (zarr v3 ``dimension_names``; HDF5 dimension scales),
+with the image ids as the ``image`` coordinate, so ``xarray.open_zarr(store, group=key)`` gives
+a Dataset indexed by image id without this package (:func:`dimension_names`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,17 @@ from typing import Any
 import numpy as np
 
 FORMAT = "embedcache-store"
-FORMAT_VERSION = 1
+#: 2: the ids array is called ``image`` (the xarray coordinate), every array names its
+#: dimensions and the group records its row counts. Format-1 groups (ids array ``ids``, no
+#: dimension names, no counts) are still read, and brought to format 2 by the next extraction
+#: into them (embedcache.store.migrate).
+FORMAT_VERSION = 2
 
+#: ``ids`` is the API name of the image-id array (``StoreGroup.array("ids")``); on disk it is
+#: :data:`IMAGE` from format 2 on, :data:`LEGACY_IDS` before.
 IDS, GLOBAL, DONE, SKIPPED = "ids", "global", "done", "skipped"
+IMAGE = "image"
+LEGACY_IDS = "ids"
 GRID_ARRAYS = {16: "grid16", 32: "grid32"}
 FEATURE_ARRAYS = (GLOBAL, *GRID_ARRAYS.values())
 
@@ -108,6 +121,28 @@ class GroupLayout:
             dtype=attrs["dtype"],
             rows_per_shard=int(attrs["rows_per_shard"]),
         )
+
+
+def dimension_names(name: str) -> tuple[str, ...]:
+    """Dimension names of array ``name`` (its on-disk name): ``image`` first for every array,
+    ``channel`` for the global vector, ``y16, x16, channel16`` for grid16 (``32`` likewise).
+
+    The grids' axes get their own names because their sizes differ between grids (and from the
+    global vector) for most encoders, and a name has one size across a Dataset.
+    """
+    if name in (IMAGE, LEGACY_IDS, DONE, SKIPPED):
+        return (IMAGE,)
+    if name == GLOBAL:
+        return (IMAGE, "channel")
+    for level, grid in GRID_ARRAYS.items():
+        if name == grid:
+            return (IMAGE, f"y{level}", f"x{level}", f"channel{level}")
+    raise KeyError(f"no array {name!r} in the store layout")
+
+
+def ids_array_name(group_attrs: dict[str, Any]) -> str:
+    """On-disk name of a group's image-id array: :data:`IMAGE` from format 2, else ``ids``."""
+    return IMAGE if int(group_attrs.get("format_version", 1)) >= 2 else LEGACY_IDS
 
 
 class StoreOverflowError(ValueError):

@@ -179,6 +179,25 @@ class GroupLock:
             f"another machine), re-run with --break-lock or delete the {self._file.kind}."
         )
 
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now, without taking it: ``{"host", "pid", "since", "alive"}``
+        (``alive`` None for a process on another host, which cannot be checked from here), or
+        ``None`` when the group is not locked. One file stat / object read."""
+        raw = self._file.read()
+        if raw is None:
+            return None
+        try:
+            holder = json.loads(raw or b"{}")
+        except ValueError:
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        pid = holder.get("pid")
+        alive = None
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+            alive = _pid_alive(pid)
+        return {**holder, "alive": alive}
+
     def release(self) -> None:
         if self._held:
             self._file.delete()

@@ -14,6 +14,7 @@ against zarr itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections import OrderedDict
@@ -163,6 +164,8 @@ def write_shard(folder: Path, rows_per_shard: int, shard: int, values: np.ndarra
     index[:n, 1] = row_bytes
     index_bytes = index.tobytes()
     crc = google_crc32c.value(index_bytes).to_bytes(_CRC, "little")
+    if not folder.is_dir():  # never recreate a vanished store beneath an emptied mount point
+        raise FileNotFoundError(errno.ENOENT, "the store's array folder is gone", str(folder))
     path = shard_path(folder, shard, data.ndim)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")

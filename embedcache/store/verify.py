@@ -1,4 +1,10 @@
-"""``embedcache info`` and ``embedcache verify``: what a store holds and whether it is sound."""
+"""``embedcache info`` and ``embedcache verify``: what a store holds and whether it is sound.
+
+A summary reads metadata only (the group attributes, with their row counts, and at most the
+writer lock): it costs the same at 4,000 and 400,000 rows, locally or on an object store.
+``verify`` reads everything, recounts the flags and compares them with the recorded counts.
+Neither imports torch or the encoders.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,39 @@ import numpy as np
 
 from embedcache.store.api import EmbeddingStore, StoreGroup
 from embedcache.store.layout import FEATURE_ARRAYS, encoder_key
+from embedcache.store.lock import GroupLock
+from embedcache.store.progress import GroupCounts, recorded_counts
+
+#: ``state`` of a group in a summary
+STATES = {
+    "complete": "every row done",
+    "incomplete": "rows not done; run the same extract command to continue",
+    "writing": "an extraction is writing it; counts as of its last finished shard",
+    "interrupted": "its extraction stopped without finishing (killed?); counts as of its last "
+    "finished shard, recounted by the next extract run, which resumes it",
+}
 
 
-def group_summary(group: StoreGroup) -> dict[str, Any]:
-    """JSON-able summary of one group: encoder, shapes, progress, bytes, provenance."""
+def group_state(counts: GroupCounts, lock_holder: dict[str, Any] | None) -> str:
+    """One of :data:`STATES`, from the counts and the group's writer lock (``None``: free)."""
+    if counts.writing is not None:
+        alive = lock_holder is not None and lock_holder.get("alive") is not False
+        return "writing" if alive else "interrupted"
+    return "complete" if counts.done == counts.rows else "incomplete"
+
+
+def group_summary(group: StoreGroup, store: EmbeddingStore | None = None) -> dict[str, Any]:
+    """JSON-able summary of one group: encoder, shapes, progress, bytes, provenance.
+
+    Reads the group's metadata (and the writer lock of ``store`` while the group is marked as
+    being written); only a group written before counts were recorded (store format 1) has its
+    ``done``/``skipped`` flags read instead (``"counts": "scanned"``).
+    """
     attrs = group.attrs
-    done, skipped = group.done, group.skipped
+    counts = group.counts()
+    holder = None
+    if counts.writing is not None and store is not None:
+        holder = GroupLock(store.location, group.key).holder()
     enc = attrs.get("encoder", {})
     layout = group.layout
     return {
@@ -23,8 +56,12 @@ def group_summary(group: StoreGroup) -> dict[str, Any]:
         "source": enc.get("source"),
         "weights": enc.get("weights"),
         "rows": layout.n_rows,
-        "done": int(done.sum()),
-        "skipped": int(skipped.sum()),
+        "done": counts.done,
+        "skipped": counts.skipped,
+        "state": group_state(counts, holder),
+        "counts": "scanned" if counts.scanned else "recorded",
+        "writing": counts.writing,
+        "format_version": group.format_version,
         "dtype": layout.dtype,
         "global": [layout.n_rows, layout.global_dim],
         "grids": {
@@ -47,7 +84,7 @@ def store_summary(store: EmbeddingStore) -> dict[str, Any]:
     return {
         "path": str(store.path),
         "format": store.format,
-        "groups": [group_summary(store.group(key)) for key in store],
+        "groups": [group_summary(store.group(key), store) for key in store],
     }
 
 
@@ -71,11 +108,26 @@ class VerifyReport:
 
 
 def verify_group(group: StoreGroup, block: int = 256) -> VerifyReport:
-    """Check one group: its key matches its recorded inputs, ids are unique, and no written row
-    holds NaN or inf. Reads the arrays in blocks of ``block`` rows (memory stays bounded)."""
+    """Check one group: its key matches its recorded inputs, ids are unique, the recorded row
+    counts match the flags (always recounted here), and no written row holds NaN or inf.
+    Reads the arrays in blocks of ``block`` rows (memory stays bounded)."""
     done, skipped = group.done, group.skipped
     report = VerifyReport(group.key, len(done), int(done.sum()), int(skipped.sum()))
     attrs = group.attrs
+    recorded = recorded_counts(attrs)  # None for a format-1 group: nothing to compare
+    flags = (report.done, report.skipped)
+    if recorded is not None and (recorded.done, recorded.skipped) != flags:
+        why = (
+            "an extraction is writing the group, or was killed: the next extract run recounts"
+            if recorded.writing is not None
+            else "run the same extract command again to recount"
+        )
+        report.problems.append(
+            f"recorded counts ({recorded.done} done, {recorded.skipped} skipped) differ from the "
+            f"flags ({report.done} done, {report.skipped} skipped); {why}"
+        )
+    if recorded is not None and recorded.rows != report.rows:
+        report.problems.append(f"recorded rows {recorded.rows} but the arrays hold {report.rows}")
     preset = attrs.get("encoder", {}).get("preset", "")
     if encoder_key(preset, attrs.get("key_material", {})) != group.key:
         report.problems.append("the group key is not the digest of its recorded inputs")

@@ -68,6 +68,11 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="probe-results", help="output folder")
     p.add_argument("--allow-subset", action="store_true", help="store may hold extra images")
     p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="probe the rows done so far of a group still being (or not fully) extracted",
+    )
+    p.add_argument(
         "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,6 +87,7 @@ def input_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "encoder": args.encoder,
         "root": args.root,
         "allow_subset": args.allow_subset,
+        "allow_partial": args.allow_partial,
     }
 
 

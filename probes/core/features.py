@@ -9,7 +9,10 @@
 
 Rows are joined by ``image_id`` and never by position. Usable rows are those the extractor
 finished (``done``) and did not skip; skipped rows (unreadable images under ``--skip-bad``) are
-left out and counted in ``excluded``. Everything else that does not line up is an error.
+left out and counted in ``excluded``. A group still being extracted (or whose extraction
+stopped) is refused, naming its done count, unless ``allow_partial=True`` (``--allow-partial``):
+then only the rows done when it was opened are used and the others are ``excluded`` too.
+Everything else that does not line up is an error.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class FeatureSet:
         rows: ``(n,)`` int store row of each id.
         table: manifest rows aligned with ``ids`` (index reset).
         patient_ids: ``(n,)`` str.
-        excluded: number of manifest rows left out because the extractor skipped them.
+        excluded: number of manifest rows left out because the extractor skipped them (or,
+            with ``allow_partial``, had not extracted them yet).
         excluded_reasons: ``{image_id: reason}`` for those rows.
     """
 
@@ -59,6 +63,7 @@ class FeatureSet:
         feature: str = GLOBAL,
         *,
         allow_subset: bool = False,
+        allow_partial: bool = False,
         store: EmbeddingStore | None = None,
     ):
         if feature not in FEATURE_ARRAYS:
@@ -67,7 +72,7 @@ class FeatureSet:
             )
         self.key, self.feature, self.group, self.manifest = group.key, feature, group, manifest
         self._store = store  # kept open for as long as the FeatureSet lives
-        self._join(allow_subset)
+        self._join(allow_subset, allow_partial)
 
     @classmethod
     def open(
@@ -79,6 +84,7 @@ class FeatureSet:
         *,
         root: str | os.PathLike | None = None,
         allow_subset: bool = False,
+        allow_partial: bool = False,
     ) -> FeatureSet:
         """Open ``store`` (path or open store) and ``manifest`` (path or loaded) and join them.
 
@@ -89,13 +95,23 @@ class FeatureSet:
             root: folder for the manifest's relative paths (images need not exist).
             allow_subset: accept store rows that the manifest does not list (a manifest
                 that selects part of the extracted cohort); otherwise they are an error.
+            allow_partial: use only the rows done so far of a group whose extraction is
+                running or unfinished (the others are excluded); otherwise such a group is
+                refused with its done count.
         """
         if not isinstance(store, EmbeddingStore):
             store = open_store(store)
         if not isinstance(manifest, Manifest):
             manifest = load_manifest(manifest, root, check_files=False)
         group = store.group(resolve_encoder(store.keys(), encoder, store.path))
-        return cls(group, manifest, feature, allow_subset=allow_subset, store=store)
+        return cls(
+            group,
+            manifest,
+            feature,
+            allow_subset=allow_subset,
+            allow_partial=allow_partial,
+            store=store,
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -151,7 +167,7 @@ class FeatureSet:
             out[take] = self.group.read_rows(self.feature, rows[take])
         return out
 
-    def _join(self, allow_subset: bool) -> None:
+    def _join(self, allow_subset: bool, allow_partial: bool) -> None:
         store_ids = np.asarray(self.group.ids).astype(str)
         manifest_ids = np.asarray(self.manifest.image_ids, dtype=str)
         position = pd.Index(store_ids)
@@ -172,18 +188,26 @@ class FeatureSet:
                 f"list: {_listed(extra)}; pass allow_subset=True (--allow-subset) to probe the "
                 "manifest's subset of the store"
             )
-        done, skipped = self.group.done[rows], self.group.skipped[rows]
+        # One read of the flags: a row done now stays done, and its features were written
+        # before it was flagged, so a group being extracted reads consistently.
+        group_done = self.group.done
+        done, skipped = group_done[rows], self.group.skipped[rows]
         unfinished = manifest_ids[~done]
-        if len(unfinished):
+        if len(unfinished) and not allow_partial:
             raise FeatureError(
                 f"{len(unfinished)} manifest images were never extracted into {self.key} "
-                f"(extraction unfinished): {_listed(unfinished)}; run embedcache extract again "
-                "to complete it"
+                f"(extraction unfinished or still running: {int(group_done.sum())} of "
+                f"{len(group_done)} rows done): {_listed(unfinished)}; run embedcache extract "
+                f"again to complete it, or pass allow_partial=True (--allow-partial) to use the "
+                f"{len(manifest_ids) - len(unfinished)} done rows"
             )
         reasons = self.group.skip_reasons()
         self.excluded_reasons = {i: reasons.get(i, "skipped") for i in manifest_ids[skipped]}
+        self.excluded_reasons.update(
+            {i: "not extracted yet (a partial group read with allow_partial)" for i in unfinished}
+        )
         self.excluded = len(self.excluded_reasons)
-        keep = ~skipped
+        keep = done & ~skipped
         self.ids = manifest_ids[keep]
         self.rows = rows[keep].astype(np.int64)
         self.table = self.manifest.table.iloc[np.flatnonzero(keep)].reset_index(drop=True)

@@ -48,6 +48,7 @@ def open_features(inputs: Inputs, feature: str | None = None) -> FeatureSet:
         feature or inputs.feature,
         root=inputs.root,
         allow_subset=inputs.allow_subset,
+        allow_partial=inputs.allow_partial,
     )
 
 
