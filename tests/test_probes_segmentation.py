@@ -410,3 +410,18 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
     # the forward alone (validation, prediction), from a list of row views
     scores = fused_binary_scores(head(), list(grid))
     torch.testing.assert_close(scores, d[:, None].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_validation_is_passed_as_every_probe_takes_it(planted_store):
+    """``fit(X, y, X_val, y_val)`` as LinearProbe; the earlier ``eval_set`` pair is the same."""
+    group, grid16, _, masks = planted_store
+    train, val = np.arange(0, 48), np.arange(48, 64)
+    grids = StoreGrids(group, train, ["grid16"])
+    held = StoreGrids(group, val, ["grid16"])
+    y, y_val = PackedMasks.from_array(masks[train]), PackedMasks.from_array(masks[val])
+    a = _fast(max_epochs=2, batch_size=8).fit(grids, y, held, y_val)
+    b = _fast(max_epochs=2, batch_size=8).fit(grids, y, eval_set=(held, y_val))
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert a.history_ == b.history_ and a.best_epoch_ == b.best_epoch_
+    with pytest.raises(ValueError, match="both X_val and y_val"):
+        _fast().fit(grids, y, held)

@@ -262,19 +262,38 @@ class SegmentationProbe(BaseEstimator):
 
     # -- fitting -------------------------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any, *, eval_set: tuple[Any, Any] | None = None, groups=None):
-        """Train on grids X and masks y.
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        X_val: Any = None,
+        y_val: Any = None,
+        *,
+        groups=None,
+        eval_set: tuple[Any, Any] | None = None,
+    ):
+        """Train on grids X and masks y; early-stop on ``(X_val, y_val)``, as every probe here
+        takes its validation fold (:class:`~probes.linear.probe.LinearProbe` too).
 
         Args:
             X: a FeatureSet (streamed from its store), a :class:`GridSource`, an ``(n, h, w, C)``
                 array, or a tuple of arrays for ``grid16+grid32``.
-            y: :class:`~probes.segmentation.masks.PackedMasks` or an ``(n, H, W)`` label array; ``(H, W)``
-                is the resolution logits are upsampled to and scored at.
-            eval_set: ``(X_val, y_val)`` for early stopping (the reference's validation fold).
-            groups: ``(n,)`` patient ids, to hold out whole patients when no eval_set is given.
+            y: :class:`~probes.segmentation.masks.PackedMasks` or an ``(n, H, W)`` label array;
+                ``(H, W)`` is the resolution logits are upsampled to and scored at.
+            X_val, y_val: the validation grids and masks for early stopping (the reference's
+                validation fold), of the kinds X and y take.
+            groups: ``(n,)`` patient ids, to hold out whole patients when no validation set is
+                given.
+            eval_set: ``(X_val, y_val)`` as one pair, the earlier spelling (still accepted).
         """
+        if eval_set is not None:
+            if X_val is not None or y_val is not None:
+                raise ValueError("give X_val/y_val or eval_set, not both")
+            X_val, y_val = eval_set
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither")
         with self._threads():
-            return self._fit(X, y, eval_set, groups)
+            return self._fit(X, y, None if X_val is None else (X_val, y_val), groups)
 
     def _fit(self, X: Any, y: Any, eval_set, groups) -> SegmentationProbe:
         names = grid_names(self.grid)

@@ -103,11 +103,12 @@ def cross_validate_segmentation(
     frames = []
     for r in split:
         model = clone(probe)
-        eval_set = (grids.subset(r.val), masks.subset(r.val)) if len(r.val) else None
+        has_val = len(r.val) > 0
         model.fit(
             grids.subset(r.train),
             masks.subset(r.train),
-            eval_set=eval_set,
+            grids.subset(r.val) if has_val else None,
+            masks.subset(r.val) if has_val else None,
             groups=patients[r.train],
         )
         for part, rows in (("val", r.val), ("test", r.test)):
