@@ -243,3 +243,14 @@ def test_partial_shard_writes_go_through_zarr(tmp_path):
         feats["grid16"].astype(np.float16),
     )
     np.testing.assert_array_equal(group.read_rows("grid16", [0]), 0)
+
+
+def test_a_key_is_made_and_taken_apart_in_one_place():
+    """parse_key inverts encoder_key (presets with dashes included); other names stay whole."""
+    from embedcache.store import parse_key
+
+    for preset in ("rad-dino", "dinov2-with-registers-small", "hf_tmp_x-1"):
+        key = encoder_key(preset, {"weights": preset})
+        assert parse_key(key) == (preset, key[-12:])
+    assert parse_key("planted") == ("planted", "")
+    assert parse_key("enc-ABCDEF123456") == ("enc-ABCDEF123456", "")  # not a digest

@@ -15,7 +15,7 @@ from embedcache.intake.images import ImageReadError, read_image
 from embedcache.intake.manifest import Manifest
 from embedcache.provenance import library_versions
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError
-from embedcache.store.layout import FORMAT_VERSION, GroupLayout, encoder_key
+from embedcache.store.layout import FORMAT_VERSION, GroupLayout, encoder_key, parse_key
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -57,9 +57,9 @@ def _check_manifest(group: StoreGroup, manifest: Manifest) -> None:
 def _note_siblings(store: EmbeddingStore, key: str, material: dict[str, Any]) -> list[str]:
     """Describe how other groups of the same preset differ (printed when a new group starts)."""
     notes = []
-    prefix = key.rsplit("-", 1)[0] + "-"
+    preset = parse_key(key)[0]
     for other in store:
-        if other != key and other.startswith(prefix):
+        if other != key and parse_key(other)[0] == preset:
             old = store.group(other).attrs.get("key_material", {})
             diffs = _differences(old, material)
             notes.append(f"{other} differs in " + "; ".join(diffs[:5]))

@@ -2,7 +2,7 @@
 
 from embedcache.store.api import EmbeddingStore, StoreGroup, StoreMismatchError, open_store
 from embedcache.store.faults import StoreWriteError
-from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key
+from embedcache.store.layout import GroupLayout, StoreOverflowError, encoder_key, parse_key
 from embedcache.store.lock import GroupLock, StoreLockedError
 from embedcache.store.progress import GroupCounts
 from embedcache.store.shards import RowReader
@@ -21,5 +21,6 @@ __all__ = [
     "StoreURLError",
     "StoreWriteError",
     "encoder_key",
+    "parse_key",
     "open_store",
 ]

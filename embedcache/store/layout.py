@@ -67,6 +67,17 @@ def encoder_key(preset_name: str, material: dict[str, Any]) -> str:
     return f"{name}-{digest}"
 
 
+#: ``<preset>-<12 hex>``: the only place a group key is taken apart (:func:`parse_key`).
+_KEY = re.compile(r"^(?P<preset>.+)-(?P<digest>[0-9a-f]{12})$")
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """``(preset, digest)`` of a key made by :func:`encoder_key`; ``(key, "")`` for a group
+    named otherwise (a store written by hand)."""
+    match = _KEY.match(key)
+    return (match["preset"], match["digest"]) if match else (key, "")
+
+
 @dataclass(frozen=True)
 class GroupLayout:
     """Shapes of one encoder group.

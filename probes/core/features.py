@@ -18,7 +18,6 @@ Everything else that does not line up is an error.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,14 +26,13 @@ import pandas as pd
 
 from embedcache.intake.manifest import Manifest, load_manifest
 from embedcache.store.api import EmbeddingStore, StoreGroup, open_store
-from embedcache.store.layout import FEATURE_ARRAYS, GLOBAL
+from embedcache.store.layout import FEATURE_ARRAYS, GLOBAL, parse_key
 
 __all__ = ["FeatureError", "FeatureSet", "binary_labels"]
 
 MAX_LISTED = 10
 #: Rows read from the store per ``read_rows`` call (bounds the temporary memory of ``load``).
 READ_BLOCK = 4096
-_KEY_DIGEST = re.compile(r"-[0-9a-f]{12}$")
 
 
 class FeatureError(ValueError):
@@ -247,7 +245,7 @@ def resolve_encoder(keys: list[str], encoder: str | None, where: object = "the s
     if encoder in keys:
         return encoder
     matches = [k for k in keys if k.startswith(encoder)]
-    presets = [k for k in matches if _KEY_DIGEST.sub("", k) == encoder]
+    presets = [k for k in matches if parse_key(k)[0] == encoder]
     for found in (matches, presets):
         if len(found) == 1:
             return found[0]
