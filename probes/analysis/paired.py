@@ -157,19 +157,16 @@ def _paired(values_a, values_b, groups) -> tuple[np.ndarray, np.ndarray, np.ndar
     return a[keep], b[keep], codes
 
 
-def _resampled_means(d: np.ndarray, codes: np.ndarray, n: int, draw) -> np.ndarray:
-    """Mean difference of each of ``n`` resamples; ``draw(b, c)`` gives ``(b, c)`` cluster
-    picks (bootstrap) or signs (permutation) for ``c`` clusters, in blocks to bound memory."""
+def _sign_flipped_means(d: np.ndarray, codes: np.ndarray, n: int, rng) -> np.ndarray:
+    """Mean difference under ``n`` random sign flips, one sign per cluster (patient), in
+    blocks to bound memory. (Bootstraps go through :mod:`probes.core.bootstrap`.)"""
     sums, sizes = np.bincount(codes, weights=d), np.bincount(codes).astype(np.float64)
     c = len(sums)
     per_block = max(1, RESAMPLE_BLOCK // c)
     out = []
     for b in np.diff(np.r_[np.arange(0, n, per_block), n]):
-        picks = draw(int(b), c)
-        if picks.dtype.kind == "i":  # bootstrap: whole clusters with replacement
-            out.append(sums[picks].sum(axis=1) / sizes[picks].sum(axis=1))
-        else:  # permutation: a sign per cluster
-            out.append(picks @ sums / sizes.sum())
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(int(b), c))
+        out.append(signs @ sums / sizes.sum())
     return np.concatenate(out)
 
 
@@ -193,9 +190,11 @@ def paired_bootstrap(
     The p-value is two-sided from the bootstrap distribution: twice the smaller tail share on
     either side of 0 (with the +1 correction), i.e. the largest alpha whose interval holds 0.
     """
+    from probes.core.bootstrap import bootstrap_distribution, weighted_mean
+
     a, b, codes = _paired(values_a, values_b, groups)
-    rng = np.random.default_rng(seed)
-    boot = _resampled_means(a - b, codes, n_boot, lambda k, c: rng.integers(0, c, size=(k, c)))
+    d = a - b
+    boot = bootstrap_distribution(lambda w: weighted_mean(d, w), codes, n_boot=n_boot, seed=seed)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     below, above = (np.sum(boot <= 0) + 1) / (n_boot + 1), (np.sum(boot >= 0) + 1) / (n_boot + 1)
     method = "bootstrap over " + ("patients" if groups is not None else "images")
@@ -273,9 +272,7 @@ def paired_permutation(
     a, b, codes = _paired(values_a, values_b, groups)
     d = a - b
     rng = np.random.default_rng(seed)
-    flips = _resampled_means(
-        d, codes, n_perm, lambda k, c: rng.choice(np.array([-1.0, 1.0]), size=(k, c))
-    )
+    flips = _sign_flipped_means(d, codes, n_perm, rng)
     observed = abs(d.mean())
     hits = np.sum(np.abs(flips) >= observed * (1 - 1e-12))  # float ties count as extreme
     return PairedResult(

@@ -22,6 +22,7 @@ __all__ = [
     "CI_METHOD",
     "METRICS",
     "bootstrap_ci",
+    "bootstrap_distribution",
     "clustered_ci",
     "clustered_mean_ci",
     "patient_codes",
@@ -96,11 +97,23 @@ def bootstrap_ci(
     Returns ``(low, high)``; NaN when no resample defines the statistic. Deterministic for a
     seed and independent of the row order.
     """
-    codes, n_groups = patient_codes(groups)
-    if len(codes) == 0 or n_boot < 1:
+    if len(groups) == 0 or n_boot < 1:
         return float("nan"), float("nan")
-    values = np.concatenate([statistic(w) for w in patient_draws(codes, n_groups, n_boot, seed)])
-    return _percentiles(values, level)
+    return _percentiles(bootstrap_distribution(statistic, groups, n_boot=n_boot, seed=seed), level)
+
+
+def bootstrap_distribution(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    groups: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 5656,
+) -> np.ndarray:
+    """``(n_boot,)`` values of ``statistic`` over resamples of whole ``groups`` (patients), in
+    the order drawn (NaN where a resample leaves it undefined): what :func:`bootstrap_ci` takes
+    percentiles of, and what a paired test reads its p-value from."""
+    codes, n_groups = patient_codes(groups)
+    return np.concatenate([statistic(w) for w in patient_draws(codes, n_groups, n_boot, seed)])
 
 
 def clustered_ci(
