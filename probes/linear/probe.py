@@ -16,7 +16,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -24,6 +23,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from probes.core.metrics import auroc
 from probes.linear.backends import get_backend, resolve_backend
 from probes.linear.backends.sgd_head import REFERENCE, train_head
 
@@ -228,7 +228,7 @@ class LinearProbe(_BinaryProbe):
             z = Xv @ path.coef.T + path.intercept  # (n_val, m)
             y = Yv[:, i]
             if self.scoring == "roc_auc" and 0 < y.sum() < len(y):
-                scores[i] = _auroc_columns(y, z)
+                scores[i] = [auroc(y, z[:, j]) for j in range(z.shape[1])]
             else:
                 for j in range(z.shape[1]):
                     p = 1.0 / (1.0 + np.exp(-z[:, j]))
@@ -350,14 +350,6 @@ class _Standardizer:
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         return (X - self.mean.astype(X.dtype)) / self.scale.astype(X.dtype)
-
-
-def _auroc_columns(y: np.ndarray, Z: np.ndarray) -> np.ndarray:
-    """AUROC of each column of ``Z`` (n, m) for 0/1 ``y`` (n,) (Mann-Whitney, ties halved)."""
-    ranks = rankdata(Z, axis=0)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    return (ranks[y == 1].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def _is_gpu_array(X) -> bool:
