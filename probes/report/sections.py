@@ -118,8 +118,9 @@ def metric_sections(runs: Sequence[Run], sink: Sink, *, n_boot: int, seed: int) 
                 sections[-1].add(_roc(members, label, sink))
         per_round = Section(f"{TASK_TITLES[task]}: per round", level=3).add(
             Text(
-                "Each run's results.csv; the 95% CIs here are per round (bootstrap over that "
-                "round's test images, as the probe command computed them)."
+                "Each run's results.csv; the 95% CIs here are per round: the same percentile "
+                "bootstrap over whole patients as the pooled CIs above, on that round's test "
+                "rows (seed + round), as the probe computed them."
             )
         )
         for run in members:
