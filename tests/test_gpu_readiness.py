@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -391,3 +392,43 @@ def test_gpu_check_makes_its_cohort_before_the_timed_steps():
     assert "--manifest" in script and "workers=" in script
     result = subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")], capture_output=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- (5) gradient checkpointing is non-reentrant (DDP with unused parameters needs it) -----------
+
+
+@pytest.mark.parametrize(
+    "spec, weights",
+    [(None, None), ("timm:vit_tiny_patch16_224", "none")],
+    ids=["transformers", "timm"],
+)
+def test_gradient_checkpointing_is_non_reentrant(
+    monkeypatch, spec, weights, tiny_encoder_spec, offline
+):
+    """Reentrant checkpointing (torch's default when ``use_reentrant`` is not passed, as in timm
+    < 1.0.13 and open_clip < 2.32) breaks under DDP with ``find_unused_parameters``: every
+    family's checkpointing must take torch's non-reentrant path."""
+    import torch.utils.checkpoint as checkpointing
+
+    from embedcache.encoders import build_encoder
+    from probes.finetune.model import build_model, enable_gradient_checkpointing
+
+    reentrant = checkpointing.CheckpointFunction.apply  # checkpoint() looks it up at call time
+
+    def refuse(*args):
+        raise AssertionError("reentrant checkpointing")
+
+    monkeypatch.setattr(checkpointing.CheckpointFunction, "apply", refuse)
+    assert reentrant is not refuse
+    encoder = build_encoder(spec or tiny_encoder_spec, weights)
+    model = build_model(encoder, "classification", n_outputs=1, seed=0).train()
+    enable_gradient_checkpointing(model.encoder)
+    name, block = next(
+        (n, m) for n, m in model.encoder.named_modules() if re.search(r"\.(layer|blocks)\.0$", n)
+    )
+    first = next(m for m in block.modules() if not list(m.children()))  # e.g. its norm1
+    calls = []
+    first.register_forward_hook(lambda *_: calls.append(name))
+    size = encoder.preprocessing.input_size
+    model(torch.rand(1, 1, size, size)).sum().backward()
+    assert len(calls) == 2  # checkpointed: recomputed in the backward pass, not reentrantly
