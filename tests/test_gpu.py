@@ -59,7 +59,7 @@ def test_extraction_on_cuda_matches_the_cpu(phantom_manifest, tiny_encoder_spec,
         # bf16: 8 bits of mantissa through every layer.
         error = np.abs(half[name] - values)
         scale = np.abs(values).mean()
-        assert error.mean() < 2e-2 * scale and error.max() < 0.1 * np.abs(values).max(), name
+        assert error.mean() < 3e-2 * scale and error.max() < 0.15 * np.abs(values).max(), name
 
 
 def test_fp32_extraction_runs_without_tf32(phantom_manifest, tiny_encoder_spec, tmp_path):
@@ -99,13 +99,13 @@ def test_segmentation_head_under_cuda_bf16_matches_fp32_with_outlier_channels():
 
     for ratio in (0, 20, 100):
         head, grids = _outlier_head(ratio, 2, [(16, 16, 768), (8, 8, 768)])
-        reference = _reference_scores(head, grids)
+        grids = [g.half() for g in grids]  # as stored; the reference sees the same values
+        reference = _reference_scores(head, [g.float() for g in grids])
         head = head.cuda()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            scores = head([g.cuda().half() for g in grids]).double().cpu()
+            scores = head([g.cuda() for g in grids]).double().cpu()
         error = (scores - reference).abs()
-        # float16 storage of the grids adds its own rounding at |mean|/sd = 100
-        assert error.mean() < 2e-2 and error.max() < 0.1, (ratio, error.mean(), error.max())
+        assert error.mean() < 1e-2 and error.max() < 5e-2, (ratio, error.mean(), error.max())
 
 
 @pytest.mark.parametrize("grid", ["grid16", "grid16+grid32"])
@@ -133,6 +133,8 @@ def test_segmentation_probe_on_cuda_finds_what_the_cpu_finds(grid):
 
 
 def test_linear_probe_torch_backend_on_cuda_matches_the_cpu():
+    from sklearn.metrics import roc_auc_score
+
     from probes.linear import LinearProbe
 
     rng = np.random.default_rng(0)
@@ -143,7 +145,9 @@ def test_linear_probe_torch_backend_on_cuda_matches_the_cpu():
         for device in ("cpu", "cuda")
     }
     p_cpu, p_cuda = (fitted[d].predict_proba(X[1500:])[:, 1] for d in ("cpu", "cuda"))
-    np.testing.assert_allclose(p_cuda, p_cpu, atol=2e-3)
+    np.testing.assert_allclose(p_cuda, p_cpu, atol=5e-3)
+    auroc = {d: roc_auc_score(y[1500:], p) for d, p in (("cpu", p_cpu), ("cuda", p_cuda))}
+    assert abs(auroc["cuda"] - auroc["cpu"]) < 2e-3, auroc
 
 
 def test_finetune_on_cuda_resumes_close_to_an_uninterrupted_run(tiny_encoder_spec, tmp_path):
@@ -179,6 +183,6 @@ def test_finetune_on_cuda_resumes_close_to_an_uninterrupted_run(tiny_encoder_spe
     resumed = finetune(manifest, tiny_encoder_spec, out, **settings)
     assert resumed.rounds[0]["resumed_from"] == 1
     # Not bit-identical on CUDA (atomics in the backward pass): close.
-    got = resumed.predictions.sort_values("image_id")["score"].to_numpy()
-    want = reference.predictions.sort_values("image_id")["score"].to_numpy()
+    assert resumed.predictions["image_id"].tolist() == reference.predictions["image_id"].tolist()
+    got, want = (run.predictions["score"].to_numpy() for run in (resumed, reference))
     np.testing.assert_allclose(got, want, atol=2e-2)
