@@ -173,6 +173,8 @@ def test_fp32_extraction_on_cuda_turns_tf32_off_and_restores_it():
 
 
 class _KeyedEncoder:
+    preset = types.SimpleNamespace(name="p")
+
     def key_material(self) -> dict:
         return {"preset": "p", "weights": {"random_init": 0}}
 
@@ -190,6 +192,12 @@ def test_the_store_key_records_the_device_off_the_cpu_only():
     }
     assert cuda == {**cpu, "device": "cuda"}
     assert encoder_key("p", cpu) != encoder_key("p", cuda)
+    # The fine-tune records the key extraction gives on its device (rows line up with probes').
+    from probes.finetune.run import store_key
+
+    assert store_key(enc, "fp32") == encoder_key("p", cpu)
+    cuda_bf16 = key_material(enc, "bf16", "float16", torch.device("cuda"))
+    assert store_key(enc, "bf16", torch.device("cuda", 0)) == encoder_key("p", cuda_bf16)
 
 
 # -- (4) cuML's iteration count ------------------------------------------------------------------
