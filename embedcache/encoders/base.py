@@ -209,10 +209,26 @@ class Encoder(nn.Module, ABC):
             raise ValueError(f"expected pixels (B, 1|3, S, S), got {tuple(pixels.shape)}")
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
-        pp = self.preprocessing
-        mean = torch.tensor(pp.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(pp.std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        mean, std = self._normalisation(pixels.device, pixels.dtype)
         return self.encode((pixels - mean) / std)
+
+    def _normalisation(
+        self, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The preset's mean and std as ``(1, 3, 1, 1)`` tensors on ``device``, made once per
+        device and dtype: building them in every forward is a blocking host-to-device copy
+        that keeps the CPU from running ahead of the GPU."""
+        cache = self.__dict__.setdefault("_normalisation_cache", {})
+        key = (device, dtype)
+        if key not in cache:
+            pp = self.preprocessing
+            # Normal tensors even when first asked under inference_mode (fine-tuning reuses them).
+            with torch.inference_mode(False):
+                cache[key] = tuple(
+                    torch.tensor(v, dtype=dtype).view(1, 3, 1, 1).to(device)
+                    for v in (pp.mean, pp.std)
+                )
+        return cache[key]
 
     @abstractmethod
     def encode(self, pixels: torch.Tensor) -> Features:

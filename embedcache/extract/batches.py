@@ -67,6 +67,14 @@ class Batch:
     pixels: torch.Tensor | None  # (b, 1, S, S) float32 in [0, 1]
     failed: list[tuple[int, str]]
 
+    def pin_memory(self) -> Batch:
+        """This batch with its pixels in page-locked memory. The DataLoader's pin-memory
+        thread calls it (it pins only tensors, mappings, sequences and objects with this
+        method), so that ``.to(device, non_blocking=True)`` is truly asynchronous."""
+        if self.pixels is None:
+            return self
+        return Batch(self.rows, self.pixels.pin_memory(), self.failed)
+
 
 def collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
     good = [(row, px) for row, px, err in items if err is None]

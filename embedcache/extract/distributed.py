@@ -17,8 +17,10 @@ tells it who it is and coordinates them:
 
 Resume needs nothing special: the ``done`` flags decide what is pending, and shards are dealt
 after filtering, so a rerun with any world size picks up exactly the shards that are missing.
-Coordination messages are small JSON texts over a gloo group (also when the default group is
-NCCL on GPUs), unpickled with ``weights_only=True``.
+Coordination messages are small JSON texts sent as byte tensors over a gloo group (also when
+the default group is NCCL on GPUs): nothing is unpickled, and only tensor collectives that every
+supported torch has are used (the object collectives' ``weights_only`` exists only in very
+recent torch).
 """
 
 from __future__ import annotations
@@ -189,9 +191,13 @@ class Ranks:
             return message
         import torch.distributed as dist
 
-        box = [json.dumps(message) if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, group=self._group, weights_only=True)
-        return json.loads(box[0])
+        data = _encode(message) if self.is_main else torch.empty(0, dtype=torch.uint8)
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(size, src=0, group=self._group)
+        if not self.is_main:
+            data = torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(data, src=0, group=self._group)
+        return _decode(data)
 
     def gather(self, message: Any) -> list[Any]:
         """Every rank's ``message`` (JSON-able), in rank order, on every rank."""
@@ -199,12 +205,28 @@ class Ranks:
             return [message]
         import torch.distributed as dist
 
-        out: list[Any] = [None] * self.info.world_size
-        dist.all_gather_object(out, json.dumps(message), group=self._group, weights_only=True)
-        return [json.loads(m) for m in out]
+        data = _encode(message)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.info.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.int64), group=self._group)
+        longest = max(int(n) for n in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8)
+        padded[: len(data)] = data
+        out = [torch.empty(longest, dtype=torch.uint8) for _ in sizes]
+        dist.all_gather(out, padded, group=self._group)
+        return [_decode(m[: int(n)]) for m, n in zip(out, sizes, strict=True)]
 
     def barrier(self) -> None:
         if self.info.distributed:
             import torch.distributed as dist
 
             dist.barrier(group=self._group)
+
+
+def _encode(message: Any) -> torch.Tensor:
+    """A JSON-able message as a ``(n,)`` uint8 tensor of its UTF-8 JSON text."""
+    return torch.frombuffer(bytearray(json.dumps(message).encode()), dtype=torch.uint8)
+
+
+def _decode(data: torch.Tensor) -> Any:
+    """The message :func:`_encode` made ``data`` from."""
+    return json.loads(data.numpy().tobytes().decode())

@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +72,16 @@ class ExtractResult:
     world_size: int = 1
 
 
+#: Most decode workers per process. From benchmarks/decode.py (docs/benchmarks.md): one worker
+#: reads and resizes a 1024 px radiograph to 518 px at ~110-210 images/s when the file is PNG or
+#: uncompressed DICOM, but ~8 (JPEG 2000) to ~11 (JPEG-LS) images/s when it is compressed, as
+#: hospital DICOM often is. A ViT-B at 518 px in bf16 is expected to run several hundred images/s
+#: on one current GPU: 3-5 workers suffice for uncompressed files, 40-65 would be needed for
+#: compressed ones. So the default takes every core (one left per rank for its forward pass);
+#: this cap only bounds memory on many-core hosts (each worker holds ``prefetch_factor`` batches).
+MAX_DECODE_WORKERS = 32
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,10 +97,48 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     return precision
 
 
-def default_workers(ranks_per_node: int = 1) -> int:
-    """Decode workers per process: the node's cores shared among its ranks, one left to each
-    rank's forward pass, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, ranks_per_node) - 1))
+def key_material(
+    encoder: Encoder, precision: str, dtype: str, device: torch.device
+) -> dict[str, Any]:
+    """What the store key of this extraction digests: the encoder's material, the compute
+    precision, the storage dtype and, off the CPU, the device kind (``cuda``): GPU kernels
+    (bf16, cuDNN algorithms) give other last bits than the CPU, so a group started on one is
+    never resumed on the other. CPU groups carry no device entry (their keys predate it)."""
+    material = {**encoder.key_material(), "precision": precision, "dtype": dtype}
+    if device.type != "cpu":
+        material["device"] = device.type
+    return material
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
+    """Within: no TF32 on CUDA when ``precision`` is ``fp32`` (cuDNN convolutions use TF32 by
+    default, and ``set_float32_matmul_precision("high")`` lets matmuls); the settings are
+    restored afterwards. A no-op for bf16 or off CUDA."""
+    if device.type != "cuda" or precision != "fp32":
+        yield
+        return
+    saved = (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved[0]
+        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cuda.matmul.allow_tf32 = saved[1]
+
+
+def default_workers(ranks_per_node: int = 1, cores: int | None = None) -> int:
+    """Decode workers per process: the node's ``cores`` shared among its ranks, one left to
+    each rank's forward pass, at most :data:`MAX_DECODE_WORKERS`."""
+    cores = cores if cores is not None else (os.cpu_count() or 2)
+    return max(1, min(MAX_DECODE_WORKERS, cores // max(1, ranks_per_node) - 1))
 
 
 def _silent(*_: object) -> None:
@@ -168,7 +217,7 @@ def extract(
         )
     dev = resolve_device(rank_device(device, info))
     precision = resolve_precision(precision, dev)
-    material = {**encoder.key_material(), "precision": precision, "dtype": dtype}
+    material = key_material(encoder, precision, dtype, dev)
     key = encoder_key(encoder.preset.name, material)
     if num_workers is None:
         num_workers = default_workers(info.local_world_size)
@@ -305,13 +354,14 @@ def _run(
     start = time.perf_counter()
     bar = tqdm(total=len(pending), unit="img", desc=group.key, disable=not progress)
     try:
-        for batch in loader:
-            _handle_failures(batch, writer, ids, manifest, skip_bad)
-            if batch.pixels is not None:
-                with torch.inference_mode(), autocast:
-                    feats = encoder(batch.pixels.to(dev, non_blocking=True))
-                writer.put(batch.rows, _to_numpy(feats))
-            bar.update(len(batch.rows) + len(batch.failed))
+        with exact_fp32(dev, precision):
+            for batch in loader:
+                _handle_failures(batch, writer, ids, manifest, skip_bad)
+                if batch.pixels is not None:
+                    with torch.inference_mode(), autocast:
+                        feats = encoder(batch.pixels.to(dev, non_blocking=True))
+                    writer.put(batch.rows, _to_numpy(feats))
+                bar.update(len(batch.rows) + len(batch.failed))
     finally:
         bar.close()
         writer.close()

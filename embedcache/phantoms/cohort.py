@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,7 +229,7 @@ def _write_one(out_dir: Path, item: PlannedImage, spec: CohortSpec) -> dict[str,
     }
 
 
-def make_cohort(out_dir: str | Path, spec: CohortSpec = CohortSpec()) -> Path:
+def make_cohort(out_dir: str | Path, spec: CohortSpec = CohortSpec(), workers: int = 1) -> Path:
     """Generate a cohort under ``out_dir`` and return the path of its ``manifest.csv``.
 
     Writes ``images/<image_id>.{png,dcm}``, ``masks/<image_id>_{heart,ptx,lungs}.png`` (uint8
@@ -236,11 +238,24 @@ def make_cohort(out_dir: str | Path, spec: CohortSpec = CohortSpec()) -> Path:
     measured on the written masks (heart width / outer lung width) and ``cardiomegaly`` is
     ``ctr > 0.5``; ``ptx_area_pct`` is the pneumothorax mask area in % of the image;
     ``ptx_rle`` is that mask in SIIM-ACR RLE over the ``size x size`` raster ("-1" if empty).
+
+    ``workers`` > 1 renders images in that many spawned processes (a 1024 px image takes
+    ~0.8 s on one core); every image has its own seed, so the files are the same bytes either
+    way. Spawned processes re-import the caller's main module: from a script, call it under
+    ``if __name__ == "__main__":``.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    rows = [_write_one(out_dir, item, spec) for item in plan_cohort(spec)]
+    planned = plan_cohort(spec)
+    if workers > 1 and len(planned) > 1:
+        # spawn: the caller may hold threads (torch) that a forked child must not inherit.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(planned)), mp_context=context) as pool:
+            n = len(planned)
+            rows = list(pool.map(_write_one, [out_dir] * n, planned, [spec] * n, chunksize=4))
+    else:
+        rows = [_write_one(out_dir, item, spec) for item in planned]
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")

@@ -3,7 +3,8 @@
 
 Per round ``OUT/checkpoints/round-K/`` holds:
 
-- ``last.pt`` after every epoch: model, optimizer, scheduler, the RNG states of every process,
+- ``last.pt`` after every epoch: model, optimizer, scheduler, the RNG states of every process
+  (CPU, and the GPU it trains on),
   the early-stopping state, the epoch (what a resume continues from);
 - ``best.pt``: the model of the best validation epoch (written before ``last.pt`` of the same
   epoch, so a ``last.pt`` never refers to a better model that is not on disk);
@@ -115,19 +116,31 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's torch RNG states (CPU, and every CUDA device when present)."""
+def rng_state(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """This process's torch RNG states: the CPU's, and the one of the CUDA ``device`` it
+    trains on (not every visible GPU: a resume may see fewer, or others)."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    """Restore what :func:`rng_state` captured; the CUDA state goes to ``device``. A
+    checkpoint of an older version holds a list (every visible GPU): the entry of ``device``'s
+    index is taken when it exists."""
     torch.set_rng_state(state["cpu"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    device = torch.device(device)
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def _fsync_dir(folder: Path) -> None:

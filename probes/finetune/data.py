@@ -147,8 +147,11 @@ def cohort_images(rows: ManifestRows, prepare) -> CohortImages:
 
 
 def default_workers() -> int:
-    """Decode workers: leave one core to training, at most 8 (as extraction)."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    """Decode workers: leave one core to training, at most as many as extraction
+    (:data:`embedcache.extract.runner.MAX_DECODE_WORKERS`)."""
+    from embedcache.extract.runner import MAX_DECODE_WORKERS
+
+    return max(0, min(MAX_DECODE_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def label_table(rows: ManifestRows, columns: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:

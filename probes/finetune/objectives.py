@@ -30,7 +30,8 @@ class ClassificationObjective:
     metric_name = "auroc"
 
     def batch_loss(self, out: torch.Tensor, target: np.ndarray) -> torch.Tensor:
-        y = torch.as_tensor(target, dtype=torch.float32, device=out.device)
+        # non_blocking: a blocking host-to-device copy would wait for the GPU every step.
+        y = torch.as_tensor(target, dtype=torch.float32).to(out.device, non_blocking=True)
         return F.binary_cross_entropy_with_logits(out.float(), y)
 
     def eval_parts(
@@ -76,11 +77,11 @@ class SegmentationObjective:
 
     def _parts(self, out: torch.Tensor, target: np.ndarray):
         targets = loss_targets(np.asarray(target), self.n_classes, self.class_weights)
-        targets = {k: v.to(out.device) for k, v in targets.items()}
+        targets = {k: v.to(out.device, non_blocking=True) for k, v in targets.items()}
         nll, inter, denom = loss_parts(
             out, targets, self.n_classes, self.class_weights, self.dice_weight
         )
-        wsum = targets["counts"] @ self.weights.to(out.device)
+        wsum = targets["counts"] @ self.weights.to(out.device, non_blocking=True)
         return nll, wsum, inter, denom
 
     def batch_loss(self, out: torch.Tensor, target: np.ndarray) -> torch.Tensor:

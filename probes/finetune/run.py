@@ -93,12 +93,13 @@ def encoder_spec(name: str) -> str:
         return f"hf:{folder.resolve()}" if folder.is_dir() else name
 
 
-def store_key(encoder: Any, precision: str) -> str:
-    """The key ``embedcache extract`` gives this encoder's group (default float16 storage), so
-    fine-tune rows line up with the probe rows of the same weights."""
+def store_key(encoder: Any, precision: str, device: torch.device | str = "cpu") -> str:
+    """The key ``embedcache extract`` gives this encoder's group on ``device`` (default float16
+    storage), so fine-tune rows line up with the probe rows of the same weights."""
+    from embedcache.extract.runner import key_material
     from embedcache.store.layout import encoder_key
 
-    material = {**encoder.key_material(), "precision": precision, "dtype": "float16"}
+    material = key_material(encoder, precision, "float16", torch.device(device))
     return encoder_key(encoder.preset.name, material)
 
 
@@ -266,7 +267,7 @@ def _finetune(
             progress=progress and ctx.main,
         )
     precision = "bf16" if config.amp and ctx.device.type == "cuda" else "fp32"
-    key = store_key(pristine, precision)
+    key = store_key(pristine, precision, ctx.device)
     params = {**config.get_params(), "encoder_spec": spec, "weights": pristine.weights_id}
     feature = _feature(config)
     provenance = Provenance(key, params, config.seed, feature)

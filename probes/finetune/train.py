@@ -171,7 +171,7 @@ class Trainer:
             history = list(state["history"])
             start = resumed_from = int(state["epoch"]) + 1
             if len(state["rng"]) == ctx.world_size:
-                ckpt.set_rng_state(state["rng"][ctx.rank])
+                ckpt.set_rng_state(state["rng"][ctx.rank], ctx.device)
             else:  # another number of processes: the batches differ anyway
                 warnings.warn(
                     f"{last} was written by {len(state['rng'])} process(es), this run has "
@@ -212,7 +212,7 @@ class Trainer:
                 history.append(record)
                 if is_best and ctx.main:
                     ckpt.save_atomic({"model": model.state_dict(), "epoch": epoch}, best)
-                rngs = gather(ctx, ckpt.rng_state())
+                rngs = gather(ctx, ckpt.rng_state(ctx.device))
                 if ctx.main:
                     ckpt.save_atomic(
                         {
@@ -268,7 +268,9 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         generator = torch.Generator().manual_seed(_seed(cfg.seed, round_index, epoch))
         plan = dataclasses.replace(self.plan, seed=_seed(cfg.seed, round_index))
-        total, count = 0.0, 0
+        # The loss is summed on the device and read once per epoch: a float() per step would
+        # make the CPU wait for the GPU every batch instead of queueing the next one.
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         for batch in train_batches(self.images, rows, plan, epoch):
             pixels = batch.pixels.to(device, non_blocking=True)
             target = self.targets.take(batch.rows)
@@ -287,9 +289,9 @@ class Trainer:
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
-            total += float(loss.detach()) * len(batch.rows)
+            total += loss.detach().double() * len(batch.rows)
             count += len(batch.rows)
-        total, count = all_sum(self.ctx, [total, count])
+        total, count = all_sum(self.ctx, [float(total), count])
         return total / count if count else float("nan")
 
     @torch.no_grad()

@@ -3,6 +3,12 @@
 Kept apart from the estimator (:mod:`probes.segmentation.probe`) so the arithmetic can be read and
 tested on its own: interpolation as explicit matrices, and a CPU linear layer that converts
 float16 grids to float32 one cache-sized chunk at a time.
+
+Standardisation ``(x - mean) * scale`` is folded into the weights (bias ``-(W * scale) @ mean``)
+only on the CPU float32 path, where it saves a pass over memory-bound data. Everywhere else (CUDA,
+autocast, fine-tuning) the features are standardised in float32 first: under bf16 autocast the
+folded form multiplies raw features (channel means up to ~100 sd in ViT grids) in bf16 and then
+subtracts a large bias, which loses whole logits (mean error 1.7 at |mean|/sd = 100, C = 768).
 """
 
 from __future__ import annotations
@@ -98,25 +104,36 @@ class _LinearGridHead(nn.Module):
         self.register_buffer("out_cols", interpolation_matrix(base_w, out_shape[1], align_corners))
 
     def effective(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weights ``(K, C)`` and bias of grid ``g`` on raw (unstandardised) features."""
-        weight = self.weight[g] * getattr(self, f"scale{g}")
-        return weight, -(weight @ getattr(self, f"mean{g}"))
+        """Weights ``(K, C)`` and bias of grid ``g`` on raw (unstandardised) features, float32
+        even under autocast (the bias is a difference of large terms)."""
+        with torch.autocast(self.weight[g].device.type, enabled=False):
+            weight = self.weight[g] * getattr(self, f"scale{g}")
+            return weight, -(weight @ getattr(self, f"mean{g}"))
+
+    def standardised(self, g: int, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) * scale`` of grid ``g`` in float32, any leading shape ``(..., C)``."""
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sub(x.float(), getattr(self, f"mean{g}")).mul_(getattr(self, f"scale{g}"))
 
     def forward(self, grids: list[torch.Tensor]) -> torch.Tensor:
         """``[(B, h, w, C), ...]`` -> scores ``(B, 1 | K, H, W)``, float32 (see the class)."""
         total = None
         for g, x in enumerate(grids):
-            weight, bias = self.effective(g)
-            if self.binary:
-                weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
             # _ChunkedLinear returns no gradient for x: right for cached grids, wrong when the
             # grids come from an encoder being fine-tuned (probes.finetune), which takes F.linear.
-            if x.device.type == "cpu" and not x.requires_grad:
+            amp = torch.is_autocast_enabled(x.device.type)
+            if x.device.type == "cpu" and not x.requires_grad and not amp:
+                weight, bias = self.effective(g)  # the fold: exact enough in float32
+                if self.binary:
+                    weight, bias = weight[1:] - weight[:1], bias[1:] - bias[:1]
                 flat = x.reshape(-1, x.shape[-1])
                 z = _ChunkedLinear.apply(flat, weight, bias, CHUNK_PIXELS)
                 z = z.view(*x.shape[:-1], -1)  # (B, h, w, K')
-            else:  # on the GPU bandwidth is plentiful: convert whole, bf16 under autocast
-                z = F.linear(x.float(), weight, bias)
+            else:  # bandwidth is plentiful: standardise in float32, product bf16 under autocast
+                weight = self.weight[g]
+                if self.binary:
+                    weight = weight[1:] - weight[:1]
+                z = F.linear(self.standardised(g, x), weight)
             if g:
                 rows, cols = getattr(self, f"rows{g}"), getattr(self, f"cols{g}")
                 z = torch.einsum("ih,bhwk,jw->bijk", rows.to(z.dtype), z, cols.to(z.dtype))

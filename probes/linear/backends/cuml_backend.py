@@ -33,7 +33,8 @@ def fit_paths(
     max_iter: int = 1000,
     precondition: bool = True,
 ) -> list[PathResult]:
-    """One path per label column on the GPU; ``precondition`` and ``device`` are ignored."""
+    """One path per label column on the GPU; ``precondition`` and ``device`` are ignored.
+    ``n_iter`` is -1 (and ``converged`` False) where the cuML release reports no count."""
     try:
         import cupy
         from cuml.linear_model import LogisticRegression
@@ -56,6 +57,19 @@ def fit_paths(
             model.fit(Xg, yg)
             coef[j] = np.asarray(model.coef_).reshape(-1)
             intercept[j] = float(np.asarray(model.intercept_).reshape(-1)[0])
-            n_iter[j] = int(np.asarray(getattr(model, "n_iter_", [0])).reshape(-1)[0])
-        results.append(PathResult(Cs, coef, intercept, n_iter, n_iter < max_iter))
+            n_iter[j] = iterations(model)
+        converged = (n_iter >= 0) & (n_iter < max_iter)
+        results.append(PathResult(Cs, coef, intercept, n_iter, converged))
     return results
+
+
+def iterations(model) -> int:
+    """Solver iterations of a fitted cuML ``LogisticRegression``: ``n_iter_`` (cuML >= 25.08)
+    or its QN solver's ``num_iters`` (earlier releases); -1 when neither exists, which
+    :func:`fit_paths` reports as not converged rather than as converged in 0 iterations."""
+    value = getattr(model, "n_iter_", None)
+    if value is None:
+        value = getattr(getattr(model, "solver_model", None), "num_iters", None)
+    if value is None:
+        return -1
+    return int(np.asarray(value).reshape(-1)[0])
