@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ResizePolicy = Literal["resize", "crop", "pad"]
-CropRounding = Literal["floor", "round"]
+from embedcache.geometry import CropRounding, Frame, ResizePolicy
+
 Interpolation = Literal["bilinear", "bicubic"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,20 +66,18 @@ class Preprocessing:
     crop_rounding: CropRounding = "floor"
 
     def __post_init__(self) -> None:
-        if self.input_size < 1:
-            raise ValueError(f"input_size must be positive, got {self.input_size}")
-        if self.resize_to is not None:
-            if self.resize != "crop":
-                raise ValueError(
-                    f"resize_to applies to the 'crop' policy only, not {self.resize!r}"
-                )
-            if self.resize_to < self.input_size:
-                raise ValueError(
-                    f"resize_to ({self.resize_to}) must be at least input_size ({self.input_size})"
-                )
+        _ = self.frame  # validates the geometry (input size, policy, resize_to, rounding)
+
+    @property
+    def frame(self) -> Frame:
+        """The input frame's geometry (:class:`embedcache.geometry.Frame`)."""
+        return Frame(self.input_size, self.resize, self.resize_to, self.crop_rounding)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """Resize one grey image to the model input.
+
+        The padding, resized canvas and crop window come from :attr:`frame` (the one place
+        that knows the geometry); this method only interpolates.
 
         Args:
             image: ``(H, W)`` float32 in ``[0, 1]``, bright = dense.
@@ -91,34 +89,18 @@ class Preprocessing:
         if image.ndim != 2:
             raise ValueError(f"expected a grey (H, W) image, got shape {image.shape}")
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-        size = self.input_size
-        h, w = x.shape[-2:]
-        if self.resize == "pad":
-            side = max(h, w)
-            top, left = (side - h) // 2, (side - w) // 2
-            x = F.pad(x, (left, side - w - left, top, side - h - top), value=0.0)
-            target = (size, size)
-        elif self.resize == "crop":
-            # Shorter side to `short`, longer side truncated as Hugging Face processors do
-            # (`int(short * long / short_side)`), so the crop window matches theirs.
-            short = self.resize_to or size
-            if h <= w:
-                target = (short, max(short, int(short * w / h)))
-            else:
-                target = (max(short, int(short * h / w)), short)
-        else:
-            target = (size, size)
+        frame, size = self.frame, self.input_size
+        h, w = image.shape
+        top, bottom, left, right = frame.padding(h, w)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=0.0)
+        target = frame.resized_size(h, w)
         if tuple(x.shape[-2:]) != target:
             x = F.interpolate(
                 x, size=target, mode=self.interpolation, align_corners=False, antialias=True
             )
-        if self.resize == "crop":
-            th, tw = x.shape[-2:]
-            if self.crop_rounding == "round":
-                top, left = round((th - size) / 2), round((tw - size) / 2)
-            else:
-                top, left = (th - size) // 2, (tw - size) // 2
-            x = x[..., top : top + size, left : left + size]
+        crop_top, crop_left = frame.crop_offset(h, w)
+        x = x[..., crop_top : crop_top + size, crop_left : crop_left + size]
         return x[0].contiguous()
 
     def to_dict(self) -> dict[str, Any]:
