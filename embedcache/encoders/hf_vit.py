@@ -6,7 +6,8 @@ measured once (one tiny forward pass at build time) as ``seq_len - (S/p)^2``, so
 own token bookkeeping, and it is checked again on every batch.
 
 Grids: level 16 is the token grid (stride = the patch size, e.g. 14), level 32 its 2x2 average pool
-(stride 2p). The global vector is, per the preset's ``options["global"]``:
+(stride 2p). The grid's side is read from the tokens the model returns at the preset's input size
+(one forward on the meta device at build time). The global vector is, per the preset's ``options["global"]``:
 
 * ``pooler``: the model's ``pooler_output`` (DINOv2: the layer-normed CLS; SigLIP: the attention
   pooling head; CLIP: the post-layernormed CLS);
@@ -17,11 +18,13 @@ Grids: level 16 is the token grid (stride = the patch size, e.g. 14), level 32 i
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from embedcache.encoders._shapes import dry_run
 from embedcache.encoders.base import Encoder, EncoderPreset, Features, GridSpec, pool_grid
 
 GlobalSource = Literal["pooler", "cls", "mean"]
@@ -100,12 +103,19 @@ class HFViTEncoder(Encoder):
         if self.global_source == "cls" and self.prefix_tokens == 0:
             raise ValueError(f"{type(model).__name__} has no CLS token; use 'pooler' or 'mean'")
 
-        channels = int(model.config.hidden_size)
-        side = preset.preprocessing.input_size // self.patch_size
+        size = preset.preprocessing.input_size
+        tokens = dry_run(
+            model, lambda x: model(pixel_values=x, **self._forward_kwargs).last_hidden_state, size
+        )
+        patches, channels = tokens.shape[1] - self.prefix_tokens, int(tokens.shape[-1])
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise RuntimeError(
+                f"{type(model).__name__} returned {patches} patch tokens at {size} px"
+            )
         if side < 2:
             raise ValueError(
-                f"input size {preset.preprocessing.input_size} gives fewer than 2x2 patches of "
-                f"{self.patch_size} px"
+                f"input size {size} gives fewer than 2x2 patches of {self.patch_size} px"
             )
         self.global_dim = pooler_dim if self.global_source == "pooler" else channels
         self.grid_specs = {

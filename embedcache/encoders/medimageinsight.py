@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, plan_grids
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -200,17 +200,14 @@ class DaViTEncoder(MultiScaleEncoder):
         projection: torch.Tensor,
         weights_id: dict[str, Any],
     ) -> None:
-        size = preset.preprocessing.input_size
-        stages = [
-            Stage(i, stride, dim, side)
-            for i, (stride, dim, side) in enumerate(
-                zip(model.strides, model.embed_dims, model.stage_sides(size), strict=True)
-            )
-        ]
-        plan = plan_grids(stages, size, "DaViT")
-        super().__init__(preset, weights_id, plan, projection.shape[1])
+        super().__init__(preset, weights_id, projection.shape[1])
         self.model = model.eval()
         self.image_projection = nn.Parameter(projection.detach().float().clone())
+        stages = [
+            Stage(i, stride, dim)
+            for i, (stride, dim) in enumerate(zip(model.strides, model.embed_dims, strict=True))
+        ]
+        self.plan_grids(stages, "DaViT")
 
     def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pooled, maps = self.model.forward_intermediates(pixels, indices=self.plan.indices)

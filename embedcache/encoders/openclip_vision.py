@@ -38,12 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import (
-    MultiScaleEncoder,
-    Stage,
-    channels_last,
-    plan_grids,
-)
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -189,10 +184,9 @@ class OpenCLIPEncoder(MultiScaleEncoder):
     def __init__(
         self, preset: EncoderPreset, visual: nn.Module, weights_id: dict[str, Any], global_dim: int
     ) -> None:
-        what = f"open_clip tower {type(visual).__name__}"
-        plan = plan_grids(visual_stages(visual), preset.preprocessing.input_size, what)
-        super().__init__(preset, weights_id, plan, global_dim)
+        super().__init__(preset, weights_id, global_dim)
         self.visual = visual.eval()
+        self.plan_grids(visual_stages(visual), f"open_clip tower {type(visual).__name__}")
 
     def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         out = self.visual.forward_intermediates(

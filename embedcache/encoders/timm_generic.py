@@ -32,12 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import (
-    MultiScaleEncoder,
-    Stage,
-    channels_last,
-    plan_grids,
-)
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -76,7 +71,7 @@ class TimmEncoder(MultiScaleEncoder):
     """A timm model behind the adapter contract.
 
     Args:
-        preset: the preset (its input size fixes the grid shapes).
+        preset: the preset (the grid shapes are what the model returns at its input size).
         model: the timm model, built with ``num_classes=0``.
         weights_id: identity of the weights.
         head: an optional module applied to the pooled vector (Ark+'s projector).
@@ -94,12 +89,11 @@ class TimmEncoder(MultiScaleEncoder):
     ) -> None:
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"timm model {type(model).__name__} has no forward_intermediates")
-        what = f"timm model {type(model).__name__}"
-        plan = plan_grids(timm_stages(model), preset.preprocessing.input_size, what)
         pooled_dim = getattr(model, "head_hidden_size", None) or model.num_features
-        super().__init__(preset, weights_id, plan, head_dim or pooled_dim)
+        super().__init__(preset, weights_id, head_dim or pooled_dim)
         self.model = model.eval()
         self.head = head.eval() if head is not None else None
+        self.plan_grids(timm_stages(model), f"timm model {type(model).__name__}")
 
     def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         final, maps = self.model.forward_intermediates(
