@@ -166,6 +166,9 @@ class Encoder(nn.Module, ABC):
 
     #: Bump when an adapter change alters its numbers: old store groups then stop matching.
     adapter_version: ClassVar[str] = "1"
+    #: The checkpoint's own preprocessing compared with the preset's (set by ``build_encoder``
+    #: for real weights; see :mod:`embedcache.encoders._published`). Provenance, not key.
+    preprocessing_check: dict[str, Any] | None = None
 
     preset: EncoderPreset
     global_dim: int
@@ -214,8 +217,12 @@ class Encoder(nn.Module, ABC):
 
     def describe(self) -> dict[str, Any]:
         """Provenance and shapes, JSON-able (written to the store's attributes)."""
+        extra = (
+            {"preprocessing_check": self.preprocessing_check} if self.preprocessing_check else {}
+        )
         return {
             **self.key_material(),
+            **extra,
             "source": self.preset.source,
             "global_dim": self.global_dim,
             "grids": {

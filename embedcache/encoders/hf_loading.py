@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from embedcache.encoders._weights import weights_digest
-from embedcache.encoders.base import Preprocessing
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 
 log = logging.getLogger(__name__)
@@ -284,36 +283,3 @@ def load_checked(
             differs,
         )
     return model, weights_id
-
-
-def warn_if_processor_differs(preprocessing: Preprocessing, source: WeightsSource) -> None:
-    """Log where the weights' own ``preprocessor_config.json`` disagrees with a preset's resampling
-    kernel or mean/std. The preset's values are used (they are part of the store key); the
-    warning says that the checkpoint was published with other ones."""
-    if source.kind == "none":
-        return
-    from embedcache.encoders.hf_generic import preprocessing_from_processor
-
-    location = str(local_folder(source.location)) if source.kind == "local" else source.location
-    processor = read_json(location, "preprocessor_config.json", required=False)
-    if processor is None:
-        return
-    theirs, _ = preprocessing_from_processor(processor, preprocessing.input_size)
-    differs = {
-        name: (getattr(preprocessing, name), getattr(theirs, name))
-        for name in ("interpolation", "mean", "std")
-        if not _same(getattr(preprocessing, name), getattr(theirs, name))
-    }
-    if differs:
-        log.warning(
-            "%s's preprocessor_config.json differs from the preset in %s (preset, checkpoint); "
-            "using the preset's",
-            source.location,
-            differs,
-        )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple):
-        return all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
-    return a == b

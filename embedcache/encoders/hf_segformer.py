@@ -36,7 +36,8 @@ from embedcache.encoders.base import (
     GridSpec,
     Preprocessing,
 )
-from embedcache.encoders.hf_loading import load_checked, warn_if_processor_differs
+from embedcache.encoders.hf_generic import published_processor
+from embedcache.encoders.hf_loading import load_checked
 from embedcache.encoders.registry import (
     LoadOptions,
     WeightsSource,
@@ -142,7 +143,7 @@ class HFStagesEncoder(Encoder):
         return Features(embedding=grids[32].mean(dim=(1, 2)), grids=grids)
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_processor)
 def build_segformer(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> HFStagesEncoder:
@@ -157,5 +158,4 @@ def build_segformer(
         accepts={"segformer"},
         checked_fields=("hidden_sizes", "depths"),
     )
-    warn_if_processor_differs(preset.preprocessing, source)
     return HFStagesEncoder(preset, model, weights_id)
