@@ -65,6 +65,13 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD)
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
     p.add_argument(
+        "--taps",
+        metavar="lastN|B,B,...",
+        help="also store the class (or pooled) token of these blocks as tap<b> arrays: lastN "
+        "(DINOv2's linear evaluation uses last4) or block indices; single-scale ViTs only; "
+        "part of the store key",
+    )
+    p.add_argument(
         "--trust-remote-code", action="store_true", help="allow a hub model's own code to run"
     )
     p.add_argument("--break-lock", action="store_true", help="clear another process's writer lock")
@@ -92,6 +99,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         break_lock=args.break_lock,
         trust_remote_code=args.trust_remote_code,
         seed=args.seed,
+        taps=args.taps,
         storage_options=_storage_options(args),
         progress=not args.no_progress,
     )
@@ -127,6 +135,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{g['bytes_per_image'] / 1e6:.2f} MB/image"
         )
         print(f"    global {g['global'][1]}; {grids}")
+        if g.get("taps"):
+            print(f"    taps of blocks {g['taps']['blocks']}, {g['taps']['dim']} each")
     return 0
 
 

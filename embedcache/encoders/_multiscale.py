@@ -11,6 +11,8 @@ differs is which maps become the two grid levels, decided once at build time by 
   level 32 the last stage at stride 32. A model without both is refused, never probed at a
   different scale silently.
 
+Single-scale models can also return taps: the class token (or pooled map) of chosen blocks.
+
 The shapes of both levels are what the model returns for the preset's input (one forward on
 the meta device at build time), never ``input // stride``. Every batch is checked against the
 plan: a grid of another shape is an error.
@@ -91,6 +93,14 @@ def choose_taps(stages: Sequence[Stage], what: str) -> tuple[dict[int, Stage], b
     return picked, False
 
 
+def tap_vector(spatial: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+    """One block's tap, ``(B, C)``: its (normed) class token, the first prefix token, or the mean
+    of its ``(B, C, h, w)`` map where the model has no prefix tokens."""
+    if prefix is not None and prefix.shape[1] > 0:
+        return prefix[:, 0].float().contiguous()
+    return spatial.mean(dim=(2, 3)).float().contiguous()
+
+
 def channels_last(feature_map: torch.Tensor) -> torch.Tensor:
     """``(B, C, h, w)`` -> contiguous float32 ``(B, h, w, C)``."""
     return feature_map.permute(0, 2, 3, 1).float().contiguous()
@@ -130,7 +140,7 @@ class MultiScaleEncoder(Encoder):
         indices = (picked[16].index,) if pooled else (picked[16].index, picked[32].index)
         self.plan = GridPlan(indices, {}, pooled)
         size = self.preset.preprocessing.input_size
-        embedding, grids = dry_run(self, lambda x: self._outputs(x), size)
+        embedding, grids, _ = dry_run(self, lambda x: self._outputs(x), size)
         specs = {}
         for level, grid in grids.items():
             _, h, w, channels = grid.shape
@@ -148,24 +158,37 @@ class MultiScaleEncoder(Encoder):
             )
         self.plan = GridPlan(indices, specs, pooled)
         self.grid_specs = dict(specs)
+        self._blocks = len(stages)
+        self.tap_dim = specs[16].shape[2]
         return self.plan
 
     @abstractmethod
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Normalised ``(B, 3, S, S)`` -> ``(global (B, D), [maps (B, h, w, C)])``, the maps in
-        the order of ``plan.indices``, channels-last."""
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Normalised ``(B, 3, S, S)`` -> ``(global (B, D), [maps (B, h, w, C)], {block: tap
+        (B, C)})``, the maps in the order of ``plan.indices``, channels-last; one tap per block
+        of ``taps`` (see :func:`tap_vector`)."""
 
-    def _outputs(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """``(global (B, D), {16: grid, 32: grid})`` as the model returns them, unchecked."""
-        embedding, maps = self.features(pixels)
+    def tap_blocks(self) -> int | None:
+        """Single-scale models (a ViT: one tap per block) can tap any block; hierarchical ones
+        none."""
+        return self._blocks if self.plan.pooled else None
+
+    def _outputs(
+        self, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """``(global (B, D), {16: grid, 32: grid}, {block: tap})`` as the model returns them,
+        unchecked."""
+        embedding, maps, taps = self.features(pixels, self.taps)
         if len(maps) != len(self.plan.indices):
             raise RuntimeError(f"expected {len(self.plan.indices)} feature maps, got {len(maps)}")
         grid16 = maps[0].float().contiguous()
         grid32 = pool_grid(grid16) if self.plan.pooled else maps[1].float().contiguous()
-        return embedding.reshape(pixels.shape[0], -1), {16: grid16, 32: grid32}
+        return embedding.reshape(pixels.shape[0], -1), {16: grid16, 32: grid32}, taps
 
     def encode(self, pixels: torch.Tensor) -> Features:
-        embedding, grids = self._outputs(pixels)
+        embedding, grids, taps = self._outputs(pixels)
         batch = pixels.shape[0]
         for level, grid in grids.items():
             want = (batch, *self.grid_specs[level].shape)
@@ -181,4 +204,4 @@ class MultiScaleEncoder(Encoder):
             )
         if self.normalize_global:
             embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return Features(embedding=embedding.contiguous(), grids=grids)
+        return Features(embedding=embedding.contiguous(), grids=grids, taps=taps)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, final
 
@@ -122,10 +122,13 @@ class Features:
     Attributes:
         embedding: global vector per image, ``(B, D)``.
         grids: ``{16: (B, h, w, C), 32: (B, h', w', C')}``, channels-last.
+        taps: ``{block: (B, D')}``, the class (or pooled) token of each tapped block (see
+            :meth:`Encoder.set_taps`); empty unless taps were asked for.
     """
 
     embedding: torch.Tensor
     grids: Mapping[int, torch.Tensor]
+    taps: Mapping[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,10 @@ class Encoder(nn.Module, ABC):
     global_dim: int
     grid_specs: dict[int, GridSpec]
     weights_id: dict[str, Any]
+    #: Blocks whose class (or pooled) token ``encode`` also returns (:meth:`set_taps`), and
+    #: the size of each.
+    taps: tuple[int, ...] = ()
+    tap_dim: int = 0
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -203,6 +210,30 @@ class Encoder(nn.Module, ABC):
     def encode(self, pixels: torch.Tensor) -> Features:
         """Model-specific part: normalised ``(B, 3, S, S)`` in, :class:`Features` out."""
 
+    def tap_blocks(self) -> int | None:
+        """How many blocks a tap can name; ``None`` where the family has no per-block class or
+        pooled token (hierarchical models). Overridden by adapters that support taps."""
+        return None
+
+    def set_taps(self, spec: str | Sequence[int] | None) -> None:
+        """Also return the class (or pooled) token of some blocks (:attr:`Features.taps`).
+
+        Args:
+            spec: ``lastN`` (the last N blocks, DINOv2's linear evaluation uses 4), block
+                indices (``8,9,10,11``; negative counts from the end), or ``None``/``""`` for
+                none. Taps are part of the store key.
+        """
+        blocks = self.tap_blocks()
+        if spec in (None, "", ()):
+            self.taps = ()
+            return
+        if blocks is None:
+            raise ValueError(
+                f"{self.preset.name}: --taps needs a single-scale ViT (a class or pooled token "
+                f"per block); {type(self).__name__} has none"
+            )
+        self.taps = parse_taps(spec, blocks)
+
     def key_material(self) -> dict[str, Any]:
         """Everything that changes the numbers this encoder produces (hashed into the store key)."""
         return {
@@ -213,6 +244,7 @@ class Encoder(nn.Module, ABC):
             "weights": self.weights_id,
             "preprocessing": self.preprocessing.to_dict(),
             "options": dict(self.preset.options),
+            **({"taps": list(self.taps)} if self.taps else {}),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -230,6 +262,7 @@ class Encoder(nn.Module, ABC):
                 for level, g in self.grid_specs.items()
             },
             "parameters": sum(p.numel() for p in self.parameters()),
+            **({"tap_dim": self.tap_dim} if self.taps else {}),
         }
 
 
@@ -241,3 +274,33 @@ def pool_grid(grid: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """
     pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=factor, stride=factor)
     return pooled.permute(0, 2, 3, 1).contiguous()
+
+
+def parse_taps(spec: str | Sequence[int], blocks: int) -> tuple[int, ...]:
+    """Block indices (0-based, ascending, unique) of a taps spec for a model of ``blocks``
+    blocks: ``last4`` -> ``(blocks - 4, ..., blocks - 1)``; ``"8,9,-1"`` or ``[8, 9, -1]``."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text.startswith("last"):
+            try:
+                count = int(text[4:])
+            except ValueError:
+                raise ValueError(f"taps {spec!r}: expected lastN, e.g. last4") from None
+            if not 1 <= count <= blocks:
+                raise ValueError(f"taps {spec!r}: the model has {blocks} blocks")
+            return tuple(range(blocks - count, blocks))
+        try:
+            indices = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ValueError(
+                f"taps {spec!r}: expected lastN or block indices, e.g. 8,9,10,11"
+            ) from None
+    else:
+        indices = [int(v) for v in spec]
+    resolved = sorted({i + blocks if i < 0 else i for i in indices})
+    bad = [i for i in resolved if not 0 <= i < blocks]
+    if bad or not resolved:
+        raise ValueError(
+            f"taps {spec!r}: block indices must lie in 0..{blocks - 1} (or -{blocks}..-1)"
+        )
+    return tuple(resolved)

@@ -226,7 +226,7 @@ class NaFlexFixedGrid(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, pixel_values: torch.Tensor) -> Any:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
         batch, channels, height, width = pixel_values.shape
         p = int(self.config.patch_size)
         if height % p or width % p:
@@ -239,7 +239,9 @@ class NaFlexFixedGrid(nn.Module):
         )
         shapes = torch.tensor([[h, w]] * batch, device=pixel_values.device)
         # No padding: no mask (what transformers makes of the processor's all-ones mask anyway).
-        return self.model(pixel_values=patches, pixel_attention_mask=None, spatial_shapes=shapes)
+        return self.model(
+            pixel_values=patches, pixel_attention_mask=None, spatial_shapes=shapes, **kwargs
+        )
 
 
 @register_family(FAMILY, published=published_processor)

@@ -210,9 +210,11 @@ class DaViTEncoder(MultiScaleEncoder):
         ]
         self.plan_grids(stages, "DaViT")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
         pooled, maps = self.model.forward_intermediates(pixels, indices=self.plan.indices)
-        return pooled @ self.image_projection, maps
+        return pooled @ self.image_projection, maps, {}  # hierarchical: no taps
 
 
 def _local_files(location: str) -> tuple[Path, Path | None]:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last, tap_vector
 from embedcache.encoders._published import Published, triple
 from embedcache.encoders._weights import (
     CheckpointError,
@@ -189,15 +189,22 @@ class OpenCLIPEncoder(MultiScaleEncoder):
         self.visual = visual.eval()
         self.plan_grids(visual_stages(visual), f"open_clip tower {type(visual).__name__}")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        wanted = sorted({*self.plan.indices, *taps})
         out = self.visual.forward_intermediates(
             pixels,
-            indices=list(self.plan.indices),
+            indices=wanted,
             normalize_intermediates=True,
             output_fmt="NCHW",
+            output_extra_tokens=bool(taps),
         )
-        maps = [channels_last(m) for m in out["image_intermediates"]]
-        return out["image_features"], maps
+        spatial = out["image_intermediates"]
+        prefix = out.get("image_intermediates_prefix") or [None] * len(spatial)
+        by_block = dict(zip(wanted, zip(spatial, prefix, strict=True), strict=True))
+        maps = [channels_last(by_block[i][0]) for i in self.plan.indices]
+        return out["image_features"], maps, {b: tap_vector(*by_block[b]) for b in taps}
 
 
 def _global_dim(visual: nn.Module, arch: Mapping[str, Any]) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last, tap_vector
 from embedcache.encoders._published import Published, triple
 from embedcache.encoders._weights import (
     CheckpointError,
@@ -96,14 +96,20 @@ class TimmEncoder(MultiScaleEncoder):
         self.head = head.eval() if head is not None else None
         self.plan_grids(timm_stages(model), f"timm model {type(model).__name__}")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        final, maps = self.model.forward_intermediates(
-            pixels, indices=list(self.plan.indices), norm=True, output_fmt="NCHW"
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        wanted = sorted({*self.plan.indices, *taps})
+        extra = {"return_prefix_tokens": True} if taps else {}
+        final, found = self.model.forward_intermediates(
+            pixels, indices=wanted, norm=True, output_fmt="NCHW", **extra
         )
+        by_block = {i: (m if taps else (m, None)) for i, m in zip(wanted, found, strict=True)}
         embedding = self.model.forward_head(final, pre_logits=True)
         if self.head is not None:
             embedding = self.head(embedding)
-        return embedding, [channels_last(m) for m in maps]
+        maps = [channels_last(by_block[i][0]) for i in self.plan.indices]
+        return embedding, maps, {b: tap_vector(*by_block[b]) for b in taps}
 
 
 def create_timm(model_name: str, kwargs: Mapping[str, Any]) -> nn.Module:

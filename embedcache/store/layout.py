@@ -9,6 +9,7 @@ One store holds one group per encoder key::
         global   (N, D)
         grid16   (N, h, w, C)     one image per inner chunk, ``rows_per_shard`` images per shard
         grid32   (N, h', w', C')
+        tap<b>   (N, D')          optional (``extract --taps``): block b's class or pooled token
         done     (N,)             True once the row is durably written (or recorded as skipped)
         skipped  (N,)             True for rows recorded as unreadable under ``--skip-bad``
 """
@@ -28,7 +29,17 @@ FORMAT_VERSION = 1
 
 IDS, GLOBAL, DONE, SKIPPED = "ids", "global", "done", "skipped"
 GRID_ARRAYS = {16: "grid16", 32: "grid32"}
+#: The arrays every group holds; a group extracted with taps holds ``tap<b>`` arrays besides
+#: (see :meth:`GroupLayout.feature_names`).
 FEATURE_ARRAYS = (GLOBAL, *GRID_ARRAYS.values())
+#: Name of the array of block ``b``'s tap.
+TAP_ARRAY = re.compile(r"^tap(\d+)$")
+
+
+def tap_name(block: int) -> str:
+    """The array holding the tap of block ``block`` (0-based): ``tap11``."""
+    return f"tap{int(block)}"
+
 
 #: Storage dtypes a user may choose. float16 halves the store; values outside its range are
 #: refused (never written as inf): see :func:`check_fits`.
@@ -65,6 +76,8 @@ class GroupLayout:
         dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
         rows_per_shard: images per shard file (and per write); also the chunk length of the
             1-D arrays.
+        taps: blocks whose class or pooled token is stored (``tap<b>`` arrays), ascending.
+        tap_dim: D' of each tap.
     """
 
     n_rows: int
@@ -72,6 +85,8 @@ class GroupLayout:
     grid_shapes: dict[int, tuple[int, int, int]]
     dtype: str = "float16"
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    taps: tuple[int, ...] = ()
+    tap_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -79,11 +94,17 @@ class GroupLayout:
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
 
+    def feature_names(self) -> tuple[str, ...]:
+        """Every feature array of the group: global, the grids, then the taps."""
+        return (*FEATURE_ARRAYS, *(tap_name(b) for b in self.taps))
+
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         """Full array shape of each feature array, by name."""
         shapes: dict[str, tuple[int, ...]] = {GLOBAL: (self.n_rows, self.global_dim)}
         for level, name in GRID_ARRAYS.items():
             shapes[name] = (self.n_rows, *self.grid_shapes[level])
+        for block in self.taps:
+            shapes[tap_name(block)] = (self.n_rows, self.tap_dim)
         return shapes
 
     def bytes_per_row(self) -> int:
@@ -97,6 +118,7 @@ class GroupLayout:
             "grid_shapes": {str(k): list(v) for k, v in self.grid_shapes.items()},
             "dtype": self.dtype,
             "rows_per_shard": self.rows_per_shard,
+            **({"taps": list(self.taps), "tap_dim": self.tap_dim} if self.taps else {}),
         }
 
     @classmethod
@@ -107,6 +129,8 @@ class GroupLayout:
             grid_shapes={int(k): tuple(v) for k, v in attrs["grid_shapes"].items()},
             dtype=attrs["dtype"],
             rows_per_shard=int(attrs["rows_per_shard"]),
+            taps=tuple(int(b) for b in attrs.get("taps", ())),
+            tap_dim=int(attrs.get("tap_dim", 0)),
         )
 
 
