@@ -69,8 +69,8 @@ class GridPlan:
     pooled: bool
 
 
-def choose_taps(stages: Sequence[Stage], what: str) -> tuple[dict[int, Stage], bool]:
-    """``({16: stage, 32: stage}, pooled)``: which taps give the two grid levels.
+def choose_stages(stages: Sequence[Stage], what: str) -> tuple[dict[int, Stage], bool]:
+    """``({16: stage, 32: stage}, pooled)``: which stages give the two grid levels.
 
     Single-scale models (every tap at one stride): both levels come from the last tap, level 32
     as its 2x2 pool (``pooled``). Hierarchical models: the last stage at stride 16 and at 32;
@@ -113,8 +113,9 @@ class MultiScaleEncoder(Encoder):
         preset: the preset; ``options["normalize_global"]`` divides the global vector by its L2
             norm (what MedImageInsight's ``encode_image`` and the reference study did).
         weights_id: identity of the weights (store key).
-        plan: the :class:`GridPlan`.
         global_dim: D of the global vector.
+
+    Subclasses put their model in place, then call :meth:`plan_grids` once.
     """
 
     adapter_version = "1"
@@ -132,15 +133,15 @@ class MultiScaleEncoder(Encoder):
         self.normalize_global = bool(preset.options.get("normalize_global", False))
 
     def plan_grids(self, stages: Sequence[Stage], what: str) -> GridPlan:
-        """Choose the taps (:func:`choose_taps`) and read their shapes from what the model
+        """Choose the stages (:func:`choose_stages`) and read their shapes from what the model
         returns for the preset's input (one forward on the meta device, see
         :func:`~embedcache.encoders._shapes.dry_run`): sets and returns :attr:`plan`, and
         :attr:`grid_specs`. Subclasses call it once their model is in place."""
-        picked, pooled = choose_taps(stages, what)
+        picked, pooled = choose_stages(stages, what)
         indices = (picked[16].index,) if pooled else (picked[16].index, picked[32].index)
         self.plan = GridPlan(indices, {}, pooled)
         size = self.preset.preprocessing.input_size
-        embedding, grids, _ = dry_run(self, lambda x: self._outputs(x), size)
+        embedding, grids, _ = dry_run(self, self._outputs, size)
         specs = {}
         for level, grid in grids.items():
             _, h, w, channels = grid.shape
