@@ -65,6 +65,13 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD)
     p.add_argument("--seed", type=int, default=0, help="seed of --weights none")
     p.add_argument(
+        "--taps",
+        metavar="lastN|B,B,...",
+        help="also store the class (or pooled) token of these blocks as tap<b> arrays: lastN "
+        "(DINOv2's linear evaluation uses last4) or block indices; single-scale ViTs only; "
+        "part of the store key",
+    )
+    p.add_argument(
         "--trust-remote-code", action="store_true", help="allow a hub model's own code to run"
     )
     p.add_argument("--break-lock", action="store_true", help="clear another process's writer lock")
@@ -92,6 +99,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         break_lock=args.break_lock,
         trust_remote_code=args.trust_remote_code,
         seed=args.seed,
+        taps=args.taps,
         storage_options=_storage_options(args),
         progress=not args.no_progress,
     )
@@ -136,6 +144,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 "    (store format 1: counts read from the done/skipped flags; the next extract "
                 "run into this group records them, which makes info instant)"
             )
+        if g.get("taps"):
+            print(f"    taps of blocks {g['taps']['blocks']}, {g['taps']['dim']} each")
     return 0
 
 
@@ -218,7 +228,7 @@ _USER_ERRORS = (
     ("embedcache.store.layout", "StoreOverflowError"),
     ("embedcache.store.urls", "StoreURLError"),
     ("embedcache.store.faults", "StoreWriteError"),
-    ("embedcache.encoders.hf_loading", "WeightsUnavailableError"),
+    ("embedcache.encoders.hub", "WeightsUnavailableError"),
     ("embedcache.encoders._weights", "CheckpointError"),
     ("embedcache.extract.distributed", "RankFailedError"),
     ("embedcache.extract.distributed", "DistributedSetupError"),

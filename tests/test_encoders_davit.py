@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from embedcache.encoders import GridSpec, Preprocessing, build_encoder, resolve_preset
 from embedcache.encoders._weights import CheckpointError
 from embedcache.encoders.davit import DaViT
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.encoders.medimageinsight import build_davit
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 from embedcache.intake.images import read_image

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from embedcache.encoders import Preprocessing, build_encoder, resolve_preset
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 

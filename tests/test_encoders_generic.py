@@ -21,7 +21,7 @@ from helpers import put_in_hub_cache, randomise, save_hf_checkpoint
 from embedcache.encoders import Preprocessing, build_encoder, resolve_preset
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD
 from embedcache.encoders.hf_generic import preprocessing_from_processor
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from embedcache.encoders import GridSpec, Preprocessing, build_encoder, resolve_preset
 from embedcache.encoders._weights import CheckpointError
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.intake.images import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache

@@ -27,7 +27,7 @@ from transformers import AutoImageProcessor
 
 from embedcache.encoders import build_encoder, resolve_preset
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.intake import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache

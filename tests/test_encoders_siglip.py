@@ -32,7 +32,7 @@ from transformers import AutoImageProcessor
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
 from embedcache.encoders import build_encoder, resolve_preset
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.intake import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache

@@ -26,10 +26,8 @@ from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
 from embedcache.encoders import GridSpec, Preprocessing, build_encoder, resolve_preset
-from embedcache.encoders._multiscale import plan_grids
 from embedcache.encoders._weights import CheckpointError
-from embedcache.encoders.hf_loading import WeightsUnavailableError
-from embedcache.encoders.timm_generic import timm_stages
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.intake.images import read_image
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest.py: no network, empty hub cache
@@ -193,14 +191,12 @@ def test_ark_plus_preset_is_the_reference_architecture():
     assert [768 // 4 // 2**i for i in range(4)] == [192, 96, 48, 24]
     assert all(side % arch["window_size"] == 0 for side in (192, 96, 48, 24))
     with torch.device("meta"):  # the full Swin-L, shapes only
-        kwargs = {
-            k: arch[k] for k in ("img_size", "window_size", "embed_dim", "depths", "num_heads")
-        }
-        swin = timm.create_model(SWIN, pretrained=False, num_classes=0, **kwargs)
-    plan = plan_grids(timm_stages(swin), 768, "swin")
+        enc = build_encoder("ark-plus", weights="none")
+    plan = enc.plan
     assert plan.indices == (2, 3) and not plan.pooled
     assert plan.specs[16].shape == (48, 48, 768) and plan.specs[32].shape == (24, 24, 1536)
-    assert swin.num_features == 1536
+    assert enc.model.num_features == 1536 and enc.global_dim == 1536
+    assert enc.model.patch_embed.img_size == (768, 768) and enc.model.embed_dim == 192
     assert resolve_preset("ark-plus-projector").options == {"projector": True}
 
 

@@ -156,11 +156,11 @@ def hub_file(repo_id: str, filename: str) -> tuple[Path, dict[str, Any]]:
     """``filename`` of hub repository ``repo_id`` through the Hugging Face cache.
 
     Returns ``(local path, weights_id)``. Offline (``HF_HUB_OFFLINE``) only the cache is read.
-    Raises :class:`~embedcache.encoders.hf_loading.WeightsUnavailableError` with the ways out.
+    Raises :class:`~embedcache.encoders.hub.WeightsUnavailableError` with the ways out.
     """
     from huggingface_hub import hf_hub_download
 
-    from embedcache.encoders.hf_loading import WeightsUnavailableError, hub_errors
+    from embedcache.encoders.hub import WeightsUnavailableError, hub_errors
 
     try:
         path = Path(hf_hub_download(repo_id, filename))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, final
 
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ResizePolicy = Literal["resize", "crop", "pad"]
-CropRounding = Literal["floor", "round"]
+from embedcache.geometry import CropRounding, Frame, ResizePolicy
+
 Interpolation = Literal["bilinear", "bicubic"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,20 +66,18 @@ class Preprocessing:
     crop_rounding: CropRounding = "floor"
 
     def __post_init__(self) -> None:
-        if self.input_size < 1:
-            raise ValueError(f"input_size must be positive, got {self.input_size}")
-        if self.resize_to is not None:
-            if self.resize != "crop":
-                raise ValueError(
-                    f"resize_to applies to the 'crop' policy only, not {self.resize!r}"
-                )
-            if self.resize_to < self.input_size:
-                raise ValueError(
-                    f"resize_to ({self.resize_to}) must be at least input_size ({self.input_size})"
-                )
+        _ = self.frame  # validates the geometry (input size, policy, resize_to, rounding)
+
+    @property
+    def frame(self) -> Frame:
+        """The input frame's geometry (:class:`embedcache.geometry.Frame`)."""
+        return Frame(self.input_size, self.resize, self.resize_to, self.crop_rounding)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """Resize one grey image to the model input.
+
+        The padding, resized canvas and crop window come from :attr:`frame` (the one place
+        that knows the geometry); this method only interpolates.
 
         Args:
             image: ``(H, W)`` float32 in ``[0, 1]``, bright = dense.
@@ -91,34 +89,18 @@ class Preprocessing:
         if image.ndim != 2:
             raise ValueError(f"expected a grey (H, W) image, got shape {image.shape}")
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-        size = self.input_size
-        h, w = x.shape[-2:]
-        if self.resize == "pad":
-            side = max(h, w)
-            top, left = (side - h) // 2, (side - w) // 2
-            x = F.pad(x, (left, side - w - left, top, side - h - top), value=0.0)
-            target = (size, size)
-        elif self.resize == "crop":
-            # Shorter side to `short`, longer side truncated as Hugging Face processors do
-            # (`int(short * long / short_side)`), so the crop window matches theirs.
-            short = self.resize_to or size
-            if h <= w:
-                target = (short, max(short, int(short * w / h)))
-            else:
-                target = (max(short, int(short * h / w)), short)
-        else:
-            target = (size, size)
+        frame, size = self.frame, self.input_size
+        h, w = image.shape
+        top, bottom, left, right = frame.padding(h, w)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=0.0)
+        target = frame.resized_size(h, w)
         if tuple(x.shape[-2:]) != target:
             x = F.interpolate(
                 x, size=target, mode=self.interpolation, align_corners=False, antialias=True
             )
-        if self.resize == "crop":
-            th, tw = x.shape[-2:]
-            if self.crop_rounding == "round":
-                top, left = round((th - size) / 2), round((tw - size) / 2)
-            else:
-                top, left = (th - size) // 2, (tw - size) // 2
-            x = x[..., top : top + size, left : left + size]
+        crop_top, crop_left = frame.crop_offset(h, w)
+        x = x[..., crop_top : crop_top + size, crop_left : crop_left + size]
         return x[0].contiguous()
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,10 +122,13 @@ class Features:
     Attributes:
         embedding: global vector per image, ``(B, D)``.
         grids: ``{16: (B, h, w, C), 32: (B, h', w', C')}``, channels-last.
+        taps: ``{block: (B, D')}``, the class (or pooled) token of each tapped block (see
+            :meth:`Encoder.set_taps`); empty unless taps were asked for.
     """
 
     embedding: torch.Tensor
     grids: Mapping[int, torch.Tensor]
+    taps: Mapping[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,11 +169,18 @@ class Encoder(nn.Module, ABC):
 
     #: Bump when an adapter change alters its numbers: old store groups then stop matching.
     adapter_version: ClassVar[str] = "1"
+    #: The checkpoint's own preprocessing compared with the preset's (set by ``build_encoder``
+    #: for real weights; see :mod:`embedcache.encoders._published`). Provenance, not key.
+    preprocessing_check: dict[str, Any] | None = None
 
     preset: EncoderPreset
     global_dim: int
     grid_specs: dict[int, GridSpec]
     weights_id: dict[str, Any]
+    #: Blocks whose class (or pooled) token ``encode`` also returns (:meth:`set_taps`), and
+    #: the size of each.
+    taps: tuple[int, ...] = ()
+    tap_dim: int = 0
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -234,6 +226,30 @@ class Encoder(nn.Module, ABC):
     def encode(self, pixels: torch.Tensor) -> Features:
         """Model-specific part: normalised ``(B, 3, S, S)`` in, :class:`Features` out."""
 
+    def tap_blocks(self) -> int | None:
+        """How many blocks a tap can name; ``None`` where the family has no per-block class or
+        pooled token (hierarchical models). Overridden by adapters that support taps."""
+        return None
+
+    def set_taps(self, spec: str | Sequence[int] | None) -> None:
+        """Also return the class (or pooled) token of some blocks (:attr:`Features.taps`).
+
+        Args:
+            spec: ``lastN`` (the last N blocks, DINOv2's linear evaluation uses 4), block
+                indices (``8,9,10,11``; negative counts from the end), or ``None``/``""`` for
+                none. Taps are part of the store key.
+        """
+        blocks = self.tap_blocks()
+        if spec in (None, "", ()):
+            self.taps = ()
+            return
+        if blocks is None:
+            raise ValueError(
+                f"{self.preset.name}: --taps needs a single-scale ViT (a class or pooled token "
+                f"per block); {type(self).__name__} has none"
+            )
+        self.taps = parse_taps(spec, blocks)
+
     def key_material(self) -> dict[str, Any]:
         """Everything that changes the numbers this encoder produces (hashed into the store key)."""
         return {
@@ -244,12 +260,17 @@ class Encoder(nn.Module, ABC):
             "weights": self.weights_id,
             "preprocessing": self.preprocessing.to_dict(),
             "options": dict(self.preset.options),
+            **({"taps": list(self.taps)} if self.taps else {}),
         }
 
     def describe(self) -> dict[str, Any]:
         """Provenance and shapes, JSON-able (written to the store's attributes)."""
+        extra = (
+            {"preprocessing_check": self.preprocessing_check} if self.preprocessing_check else {}
+        )
         return {
             **self.key_material(),
+            **extra,
             "source": self.preset.source,
             "global_dim": self.global_dim,
             "grids": {
@@ -257,6 +278,7 @@ class Encoder(nn.Module, ABC):
                 for level, g in self.grid_specs.items()
             },
             "parameters": sum(p.numel() for p in self.parameters()),
+            **({"tap_dim": self.tap_dim} if self.taps else {}),
         }
 
 
@@ -268,3 +290,33 @@ def pool_grid(grid: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """
     pooled = F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=factor, stride=factor)
     return pooled.permute(0, 2, 3, 1).contiguous()
+
+
+def parse_taps(spec: str | Sequence[int], blocks: int) -> tuple[int, ...]:
+    """Block indices (0-based, ascending, unique) of a taps spec for a model of ``blocks``
+    blocks: ``last4`` -> ``(blocks - 4, ..., blocks - 1)``; ``"8,9,-1"`` or ``[8, 9, -1]``."""
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text.startswith("last"):
+            try:
+                count = int(text[4:])
+            except ValueError:
+                raise ValueError(f"taps {spec!r}: expected lastN, e.g. last4") from None
+            if not 1 <= count <= blocks:
+                raise ValueError(f"taps {spec!r}: the model has {blocks} blocks")
+            return tuple(range(blocks - count, blocks))
+        try:
+            indices = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ValueError(
+                f"taps {spec!r}: expected lastN or block indices, e.g. 8,9,10,11"
+            ) from None
+    else:
+        indices = [int(v) for v in spec]
+    resolved = sorted({i + blocks if i < 0 else i for i in indices})
+    bad = [i for i in resolved if not 0 <= i < blocks]
+    if bad or not resolved:
+        raise ValueError(
+            f"taps {spec!r}: block indices must lie in 0..{blocks - 1} (or -{blocks}..-1)"
+        )
+    return tuple(resolved)

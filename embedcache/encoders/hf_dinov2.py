@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderPreset, Preprocessing
+from embedcache.encoders.hf_generic import published_processor
 from embedcache.encoders.hf_loading import load_checked
 from embedcache.encoders.hf_vit import HFViTEncoder
 from embedcache.encoders.registry import (
@@ -134,7 +135,7 @@ for _size, (_hidden, _layers, _heads) in _SIZES.items():
     )
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_processor)
 def build_dinov2(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> HFViTEncoder:

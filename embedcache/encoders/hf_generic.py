@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedcache.encoders._published import Published, scaled, triple
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderPreset, Preprocessing
 from embedcache.encoders.hf_loading import (
     config_fields,
@@ -174,6 +175,80 @@ def preprocessing_from_processor(
     return pp, "preprocessor_config.json"
 
 
+#: PIL resample codes by name, for the comparison with a preset (any kernel, supported or not).
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+#: Processor settings whose class default applies when preprocessor_config.json omits them.
+_PROCESSOR_KEYS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+
+def _with_class_defaults(processor: Mapping[str, Any]) -> dict[str, Any]:
+    """The processor's settings, completed with its ``image_processor_type``'s class defaults
+    (``SiglipImageProcessor`` resamples bicubic, ``SegformerImageProcessor`` bilinear)."""
+    import transformers
+
+    name = str(processor.get("image_processor_type") or "").removesuffix("Fast")
+    cls = getattr(transformers, name, None) if name else None
+    out: dict[str, Any] = {}
+    for key in _PROCESSOR_KEYS:
+        default = getattr(cls, key, None) if cls is not None else None
+        if default is not None:
+            out[key] = int(default) if key == "resample" else default
+    out.update({k: v for k, v in processor.items() if k in _PROCESSOR_KEYS and v is not None})
+    return out
+
+
+def processor_fields(processor: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hugging Face ``preprocessor_config.json`` as the pixel fields of
+    :mod:`embedcache.encoders._published` (what it does to pixels, supported by us or not)."""
+    p = _with_class_defaults(processor)
+    rescale = float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0
+    fields: dict[str, Any] = {"rescale": rescale}
+    if p.get("do_normalize", True):
+        fields["mean"] = scaled(triple(p.get("image_mean", IMAGENET_MEAN)), rescale)
+        fields["std"] = scaled(triple(p.get("image_std", IMAGENET_STD)), rescale)
+    resample = p.get("resample", 3)
+    fields["interpolation"] = _RESAMPLE_NAMES.get(resample, str(resample))
+    if not p.get("do_resize", True):
+        fields["resize"] = "none"
+        return fields
+    size, crop = p.get("size"), p.get("crop_size")
+    if isinstance(size, Mapping) and "height" in size and size["height"] != size.get("width"):
+        fields["input_size"] = [int(size["height"]), int(size["width"])]
+        fields["resize"] = "resize"
+        return fields
+    shortest, side = _square(size, "size")
+    if p.get("do_center_crop", False) and crop:
+        crop_shortest, crop_side = _square(crop, "crop_size")
+        fields["input_size"] = crop_side or crop_shortest
+        fields.update(resize="crop", resize_to=shortest or side, crop_rounding="floor")
+    elif side:
+        fields.update(input_size=side, resize="resize")
+    elif shortest:
+        fields.update(input_size=shortest, resize="crop", resize_to=shortest, crop_rounding="floor")
+    return fields
+
+
+def published_processor(preset: EncoderPreset, source: WeightsSource) -> Published | None:
+    """The ``preprocessor_config.json`` beside the weights (a folder, or the hub snapshot in the
+    cache), as :class:`~embedcache.encoders._published.Published`; None if there is none."""
+    location = str(local_folder(source.location)) if source.kind == "local" else source.location
+    processor = read_json(location, "preprocessor_config.json", required=False)
+    if processor is None:
+        return None
+    return Published(processor_fields(processor), f"{location}/preprocessor_config.json")
+
+
 def _int_size(value: Any) -> int:
     return int(value[0] if isinstance(value, list | tuple) else value)
 
@@ -226,7 +301,7 @@ def _vision_config(source: WeightsSource, options: LoadOptions) -> tuple[Any, Vi
     return (getattr(config, route.vision_config) if route.vision_config else config), route
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_processor)
 def build_generic(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> HFViTEncoder:

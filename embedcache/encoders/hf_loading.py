@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from embedcache.encoders._weights import weights_digest
-from embedcache.encoders.base import Preprocessing
+from embedcache.encoders.hub import hub_errors, hub_help
 from embedcache.encoders.registry import LoadOptions, WeightsSource
 
 log = logging.getLogger(__name__)
@@ -42,45 +42,6 @@ _VOLATILE_CONFIG_KEYS = frozenset(
     }
 )
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-class WeightsUnavailableError(OSError):
-    """Weights (or their config) could not be found: offline, gated, or no such repository."""
-
-
-def hub_help(hub_id: str, what: str, exc: BaseException) -> WeightsUnavailableError:
-    """Turn a hub failure into one actionable error (chained to the original)."""
-    reason = "it is gated" if _is_gated(exc) else f"{type(exc).__name__}: {exc}".strip()
-    return WeightsUnavailableError(
-        f"could not load the {what} of {hub_id!r} from the Hugging Face hub or its local cache "
-        f"({reason.splitlines()[0]}).\n"
-        "  - offline or not cached: download it on a connected machine and pass the folder with "
-        "--weights DIR (or the spec hf:DIR);\n"
-        f"  - gated model: accept its licence on its page, https://huggingface.co/{hub_id}, then run "
-        "`hf auth login` (or set HF_TOKEN) on this machine;\n"
-        "  - to test the pipeline only: --weights none (random weights; the numbers mean nothing)."
-    )
-
-
-def _is_gated(exc: BaseException | None) -> bool:
-    from huggingface_hub.errors import GatedRepoError
-
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, GatedRepoError) or "gated" in str(exc).lower():
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def hub_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    return (GatedRepoError, RepositoryNotFoundError, LocalEntryNotFoundError, OSError)
 
 
 def local_folder(path: str | Path) -> Path:
@@ -284,36 +245,3 @@ def load_checked(
             differs,
         )
     return model, weights_id
-
-
-def warn_if_processor_differs(preprocessing: Preprocessing, source: WeightsSource) -> None:
-    """Log where the weights' own ``preprocessor_config.json`` disagrees with a preset's resampling
-    kernel or mean/std. The preset's values are used (they are part of the store key); the
-    warning says that the checkpoint was published with other ones."""
-    if source.kind == "none":
-        return
-    from embedcache.encoders.hf_generic import preprocessing_from_processor
-
-    location = str(local_folder(source.location)) if source.kind == "local" else source.location
-    processor = read_json(location, "preprocessor_config.json", required=False)
-    if processor is None:
-        return
-    theirs, _ = preprocessing_from_processor(processor, preprocessing.input_size)
-    differs = {
-        name: (getattr(preprocessing, name), getattr(theirs, name))
-        for name in ("interpolation", "mean", "std")
-        if not _same(getattr(preprocessing, name), getattr(theirs, name))
-    }
-    if differs:
-        log.warning(
-            "%s's preprocessor_config.json differs from the preset in %s (preset, checkpoint); "
-            "using the preset's",
-            source.location,
-            differs,
-        )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, tuple):
-        return all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
-    return a == b

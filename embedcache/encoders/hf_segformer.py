@@ -2,9 +2,11 @@
 (transformers ``SegformerModel``, without the decode head).
 
 The encoder has four stages at strides 4, 8, 16 and 32. The grids are the native stages, not
-pools: level 16 is stage 3, level 32 stage 4, each after its own layer norm, channels-last. The
-global vector is the mean of the stride-32 map, which is what ``SegformerForImageClassification``
-(the reference study's classification variant) feeds its linear head. A preset loads the encoder
+pools: level 16 is stage 3, level 32 stage 4, each after its own layer norm, channels-last; their
+shapes are what the stages return at the preset's input (one forward on the meta device at build
+time). The global vector is the mean of the stride-32 map, which is what
+``SegformerForImageClassification`` (the reference study's classification variant) feeds its
+linear head. A preset loads the encoder
 out of a full ``SegformerForSemanticSegmentation`` / ``...ForImageClassification`` checkpoint (the
 decode or classification head is ignored) or out of a ``SegformerModel`` saved alone.
 
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from embedcache.encoders._shapes import dry_run
 from embedcache.encoders.base import (
     GRID_LEVELS,
     IMAGENET_MEAN,
@@ -33,7 +36,8 @@ from embedcache.encoders.base import (
     GridSpec,
     Preprocessing,
 )
-from embedcache.encoders.hf_loading import load_checked, warn_if_processor_differs
+from embedcache.encoders.hf_generic import published_processor
+from embedcache.encoders.hf_loading import load_checked
 from embedcache.encoders.registry import (
     LoadOptions,
     WeightsSource,
@@ -80,15 +84,14 @@ register_preset(
 )
 
 
-def stage_geometry(config: Any, input_size: int) -> list[tuple[int, int]]:
-    """``(stride, side)`` of each stage's map for a square input of ``input_size`` pixels: the
-    overlapping patch embeddings are convolutions (kernel k, stride s, padding k // 2)."""
-    stride, side, stages = 1, input_size, []
-    for kernel, step in zip(config.patch_sizes, config.strides, strict=True):
-        stride *= step
-        side = (side + 2 * (kernel // 2) - kernel) // step + 1
-        stages.append((stride, side))
-    return stages
+def stage_strides(config: Any) -> list[int]:
+    """Cumulative pixel stride of each stage (4, 8, 16, 32 for MiT): the product of the
+    overlapping patch embeddings' strides."""
+    strides, stride = [], 1
+    for step in config.strides:
+        stride *= int(step)
+        strides.append(stride)
+    return strides
 
 
 class HFStagesEncoder(Encoder):
@@ -106,18 +109,21 @@ class HFStagesEncoder(Encoder):
         self.model = model.eval()
         self.weights_id = weights_id
         config = model.config
-        stages = stage_geometry(config, preset.preprocessing.input_size)
-        strides = [stride for stride, _ in stages]
+        strides = stage_strides(config)
         missing = [level for level in GRID_LEVELS if level not in strides]
         if missing:
             raise ValueError(
                 f"{type(model).__name__} has stages at strides {strides}, not {missing}"
             )
         self.stage_index = {level: strides.index(level) for level in GRID_LEVELS}
+        size = preset.preprocessing.input_size
+        maps = dry_run(
+            model, lambda x: model(pixel_values=x, output_hidden_states=True).hidden_states, size
+        )
         self.grid_specs = {}
         for level, i in self.stage_index.items():
-            stride, side = stages[i]
-            self.grid_specs[level] = GridSpec(stride, (side, side, int(config.hidden_sizes[i])))
+            _, channels, h, w = maps[i].shape  # what the stage returns at the preset's size
+            self.grid_specs[level] = GridSpec(level, (int(h), int(w), int(channels)))
         self.global_dim = self.grid_specs[32].shape[2]
 
     def encode(self, pixels: torch.Tensor) -> Features:
@@ -137,7 +143,7 @@ class HFStagesEncoder(Encoder):
         return Features(embedding=grids[32].mean(dim=(1, 2)), grids=grids)
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_processor)
 def build_segformer(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> HFStagesEncoder:
@@ -152,5 +158,4 @@ def build_segformer(
         accepts={"segformer"},
         checked_fields=("hidden_sizes", "depths"),
     )
-    warn_if_processor_differs(preset.preprocessing, source)
     return HFStagesEncoder(preset, model, weights_id)

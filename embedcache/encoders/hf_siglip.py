@@ -15,7 +15,12 @@ as published; checked against the SigLIP papers' model tables):
   ``gelu_pytorch_tanh``, layer-norm eps 1e-6, attention-pool head. ViT-L (XraySigLIP): hidden
   1024, MLP 4096, 24 layers, 16 heads.
 * ``google/medsiglip-448`` (gated; SigLIP So400m/14 at 448): 448 / 14 = 32x32 tokens. Processor:
-  ``SiglipImageProcessor``, 448x448 square resize, resample 2 (bilinear), mean/std 0.5.
+  ``SiglipImageProcessor``, 448x448 square resize, resample 2 (bilinear), mean/std 0.5: what the
+  reference study ran (the model's own processor). Google's serving code
+  (``Google-Health/medsiglip``, ``python/serving/predictor.py``) instead zero-pads each image to a
+  square ("method performed in training") and then runs ``SiglipImageProcessor`` with its class
+  defaults (bicubic): preset ``medsiglip-448-pad``. Neither resample could be confirmed against
+  the gated ``preprocessor_config.json`` offline; a checkpoint's own file is compared on load.
 * ``google/siglip2-so400m-patch16-512``: the fixed-resolution SigLIP 2, stored as ``model_type
   siglip`` (Conv2d patch embedding, a learned 32x32 position table), so it loads with
   ``SiglipVisionModel``. Processor: ``SiglipImageProcessor``, 512x512, resample 2, mean/std 0.5.
@@ -30,7 +35,9 @@ as published; checked against the SigLIP papers' model tables):
   ``interpolate_pos_encoding``, which transformers only accepts when the checkpoint's position
   table already has 32x32 entries: its ``image_size`` is taken as 512 (the "384" is the name of
   the WebLI initialisation). If a checkpoint says 384, the table is interpolated and a warning
-  names the difference. Preprocessing as the study's: a 512x512 bicubic resize, mean/std 0.5.
+  names the difference. Preprocessing as the study's: a 512x512 bicubic resize; mean/std 0.5
+  unless the checkpoint's ``preprocessor_config.json`` says otherwise (the study read them from
+  it at run time: ``options["preprocessing_from_checkpoint"]``).
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders.base import EncoderPreset, Interpolation, Preprocessing
-from embedcache.encoders.hf_loading import load_checked, warn_if_processor_differs
+from embedcache.encoders.base import EncoderPreset, Interpolation, Preprocessing, ResizePolicy
+from embedcache.encoders.hf_generic import published_processor
+from embedcache.encoders.hf_loading import load_checked
 from embedcache.encoders.hf_vit import HFViTEncoder
 from embedcache.encoders.registry import (
     LoadOptions,
@@ -133,19 +141,22 @@ def _register(
     interpolation: Interpolation,
     description: str,
     license: str,
+    resize: ResizePolicy = "resize",
+    options: dict[str, Any] | None = None,
 ) -> None:
-    """Register a SigLIP preset: its processor stretches to ``size`` x ``size`` with mean/std 0.5,
-    and the global vector is the attention-pool head's ``pooler_output``."""
+    """Register a SigLIP preset: its processor stretches (or pads, then stretches) to ``size``
+    x ``size`` with mean/std 0.5, and the global vector is the attention-pool head's
+    ``pooler_output``."""
     register_preset(
         EncoderPreset(
             name=name,
             family=FAMILY,
             source=source,
-            preprocessing=Preprocessing(size, SIGLIP_MEAN, SIGLIP_STD, "resize", interpolation),
+            preprocessing=Preprocessing(size, SIGLIP_MEAN, SIGLIP_STD, resize, interpolation),
             arch=arch,
             description=description,
             license=license,
-            options={"global": "pooler"},
+            options={"global": "pooler", **(options or {})},
         )
     )
 
@@ -158,6 +169,17 @@ _register(
     interpolation="bilinear",
     description="MedSigLIP: SigLIP So400m/14 tuned on medical images (gated), 448 px; "
     "grid 32x32x1152 (stride 14)",
+    license="Health AI Developer Foundations terms of use (gated: accept on the model page)",
+)
+_register(
+    name="medsiglip-448-pad",
+    source="google/medsiglip-448",
+    arch=siglip_arch(SO400M, 14, image_size=448),
+    size=448,
+    interpolation="bicubic",
+    resize="pad",
+    description="MedSigLIP as Google's serving code feeds it: zero-padded to a square, then a "
+    "448 px bicubic resize; grid 32x32x1152 (stride 14)",
     license="Health AI Developer Foundations terms of use (gated: accept on the model page)",
 )
 _register(
@@ -187,6 +209,7 @@ _register(
     interpolation="bicubic",
     description="CheXagent's vision tower (XraySigLIP, SigLIP ViT-L/16), 512 px; grid 32x32x1024",
     license="see the model page",
+    options={"preprocessing_from_checkpoint": ("mean", "std")},
 )
 
 
@@ -203,7 +226,7 @@ class NaFlexFixedGrid(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, pixel_values: torch.Tensor) -> Any:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
         batch, channels, height, width = pixel_values.shape
         p = int(self.config.patch_size)
         if height % p or width % p:
@@ -216,10 +239,12 @@ class NaFlexFixedGrid(nn.Module):
         )
         shapes = torch.tensor([[h, w]] * batch, device=pixel_values.device)
         # No padding: no mask (what transformers makes of the processor's all-ones mask anyway).
-        return self.model(pixel_values=patches, pixel_attention_mask=None, spatial_shapes=shapes)
+        return self.model(
+            pixel_values=patches, pixel_attention_mask=None, spatial_shapes=shapes, **kwargs
+        )
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_processor)
 def build_siglip(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> HFViTEncoder:
@@ -236,7 +261,6 @@ def build_siglip(
         accepts=tower.accepts,
         checked_fields=tower.checked_fields,
     )
-    warn_if_processor_differs(preset.preprocessing, source)
     if tower.naflex:
         model = NaFlexFixedGrid(model)
     return HFViTEncoder(preset, model, weights_id, expected_prefix=0)

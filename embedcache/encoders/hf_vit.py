@@ -6,22 +6,29 @@ measured once (one tiny forward pass at build time) as ``seq_len - (S/p)^2``, so
 own token bookkeeping, and it is checked again on every batch.
 
 Grids: level 16 is the token grid (stride = the patch size, e.g. 14), level 32 its 2x2 average pool
-(stride 2p). The global vector is, per the preset's ``options["global"]``:
+(stride 2p). The grid's side is read from the tokens the model returns at the preset's input size
+(one forward on the meta device at build time). The global vector is, per the preset's ``options["global"]``:
 
 * ``pooler``: the model's ``pooler_output`` (DINOv2: the layer-normed CLS; SigLIP: the attention
   pooling head; CLIP: the post-layernormed CLS);
 * ``cls``: the first token of ``last_hidden_state``;
 * ``mean``: the mean of the patch tokens.
+
+Taps (:meth:`~embedcache.encoders.base.Encoder.set_taps`): the class token of a block's output
+after the model's final norm (:data:`FINAL_NORMS`), or the mean of its normed patch tokens where
+the model has no class token. For DINOv2 the last block's tap is ``pooler_output``.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from embedcache.encoders._shapes import dry_run
 from embedcache.encoders.base import Encoder, EncoderPreset, Features, GridSpec, pool_grid
 
 GlobalSource = Literal["pooler", "cls", "mean"]
@@ -43,6 +50,26 @@ def patch_size_of(config: Any) -> int:
             raise ValueError(f"non-square patches {p} are not supported")
         p = p[0]
     return int(p)
+
+
+#: Where Hugging Face vision models keep the norm after their last block (DINOv2 and ViT
+#: ``layernorm``, DINOv3 ``norm``, SigLIP and CLIP ``post_layernorm``), as module paths, also
+#: under a wrapper's ``model.`` (NaFlex). A tap is normed with it, as the last block's tokens are.
+FINAL_NORMS = tuple(
+    f"{wrapper}{name}"
+    for wrapper in ("", "model.")
+    for name in ("layernorm", "norm", "post_layernorm", "vision_model.post_layernorm")
+)
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The model's norm after its last block (:data:`FINAL_NORMS`), or None if it has none."""
+    for path in FINAL_NORMS:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
 
 
 def probe_tokens(model: nn.Module, patch: int) -> tuple[int, int | None]:
@@ -100,14 +127,23 @@ class HFViTEncoder(Encoder):
         if self.global_source == "cls" and self.prefix_tokens == 0:
             raise ValueError(f"{type(model).__name__} has no CLS token; use 'pooler' or 'mean'")
 
-        channels = int(model.config.hidden_size)
-        side = preset.preprocessing.input_size // self.patch_size
+        size = preset.preprocessing.input_size
+        tokens = dry_run(
+            model, lambda x: model(pixel_values=x, **self._forward_kwargs).last_hidden_state, size
+        )
+        patches, channels = tokens.shape[1] - self.prefix_tokens, int(tokens.shape[-1])
+        side = math.isqrt(patches)
+        if side * side != patches:
+            raise RuntimeError(
+                f"{type(model).__name__} returned {patches} patch tokens at {size} px"
+            )
         if side < 2:
             raise ValueError(
-                f"input size {preset.preprocessing.input_size} gives fewer than 2x2 patches of "
-                f"{self.patch_size} px"
+                f"input size {size} gives fewer than 2x2 patches of {self.patch_size} px"
             )
         self.global_dim = pooler_dim if self.global_source == "pooler" else channels
+        self.tap_dim = channels
+        self._final_norm = final_norm(model)
         self.grid_specs = {
             16: GridSpec(self.patch_size, (side, side, channels)),
             32: GridSpec(2 * self.patch_size, (side // 2, side // 2, channels)),
@@ -118,7 +154,8 @@ class HFViTEncoder(Encoder):
         2x2 pool, float32, channels-last."""
         batch, _, height, width = pixels.shape
         h, w = height // self.patch_size, width // self.patch_size
-        out = self.model(pixel_values=pixels, **self._forward_kwargs)
+        kwargs = {**self._forward_kwargs, **({"output_hidden_states": True} if self.taps else {})}
+        out = self.model(pixel_values=pixels, **kwargs)
         tokens = out.last_hidden_state
         prefix = tokens.shape[1] - h * w
         if prefix != self.prefix_tokens:
@@ -137,4 +174,16 @@ class HFViTEncoder(Encoder):
         return Features(
             embedding=embedding.float().contiguous(),
             grids={16: grid16, 32: pool_grid(grid16)},
+            taps={b: self._tap(out.hidden_states[b + 1]) for b in self.taps},
         )
+
+    def tap_blocks(self) -> int:
+        """The transformer's blocks (``num_hidden_layers``): every one can be tapped."""
+        return int(self.model.config.num_hidden_layers)
+
+    def _tap(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Block output ``(B, N, C)`` -> ``(B, C)``: the model's final norm, then the class token
+        (the first), or the mean of the patch tokens where there is none (SigLIP)."""
+        normed = self._final_norm(hidden) if self._final_norm is not None else hidden
+        pooled = normed[:, 0] if self.prefix_tokens else normed.mean(dim=1)
+        return pooled.float().contiguous()

@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, plan_grids
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage
+from embedcache.encoders._published import Published, triple
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -200,21 +201,20 @@ class DaViTEncoder(MultiScaleEncoder):
         projection: torch.Tensor,
         weights_id: dict[str, Any],
     ) -> None:
-        size = preset.preprocessing.input_size
-        stages = [
-            Stage(i, stride, dim, side)
-            for i, (stride, dim, side) in enumerate(
-                zip(model.strides, model.embed_dims, model.stage_sides(size), strict=True)
-            )
-        ]
-        plan = plan_grids(stages, size, "DaViT")
-        super().__init__(preset, weights_id, plan, projection.shape[1])
+        super().__init__(preset, weights_id, projection.shape[1])
         self.model = model.eval()
         self.image_projection = nn.Parameter(projection.detach().float().clone())
+        stages = [
+            Stage(i, stride, dim)
+            for i, (stride, dim) in enumerate(zip(model.strides, model.embed_dims, strict=True))
+        ]
+        self.plan_grids(stages, "DaViT")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
         pooled, maps = self.model.forward_intermediates(pixels, indices=self.plan.indices)
-        return pooled @ self.image_projection, maps
+        return pooled @ self.image_projection, maps, {}  # hierarchical: no taps
 
 
 def _local_files(location: str) -> tuple[Path, Path | None]:
@@ -237,7 +237,45 @@ def _local_files(location: str) -> tuple[Path, Path | None]:
     return path, None
 
 
-@register_family(FAMILY)
+def release_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The release's eval transform (``ImageDataLoader/transforms/build.py``,
+    ``is_train=False``) of a parsed ``config.yaml`` as the pixel fields of
+    :mod:`embedcache.encoders._published`: ``TEST.CENTER_CROP`` resizes the shorter side to
+    ``int(S / 0.875)`` and centre-crops S (torchvision), else a plain ``(S, S)`` resize;
+    ``AUG.INTERPOLATION``; ``IMAGE_ENCODER.IMAGE_MEAN``/``IMAGE_STD`` after ``ToTensor``."""
+    encoder = config.get("IMAGE_ENCODER") or {}
+    fields: dict[str, Any] = {"rescale": 1 / 255}
+    if "IMAGE_SIZE" in encoder:
+        height, width = (int(v) for v in encoder["IMAGE_SIZE"][:2])
+        fields["input_size"] = height if height == width else [height, width]
+        if (config.get("TEST") or {}).get("CENTER_CROP", False):
+            fields.update(resize="crop", resize_to=int(width / 0.875), crop_rounding="round")
+        else:
+            fields["resize"] = "resize"
+    interpolation = (config.get("AUG") or {}).get("INTERPOLATION")
+    if interpolation:
+        fields["interpolation"] = str(interpolation)
+    for key, name in (("IMAGE_MEAN", "mean"), ("IMAGE_STD", "std")):
+        if key in encoder:
+            fields[name] = triple(encoder[key])
+    return fields
+
+
+def published_release(preset: EncoderPreset, source: WeightsSource) -> Published | None:
+    """The release ``config.yaml`` beside the weights (or in the hub snapshot); None if absent."""
+    if source.kind == "local":
+        _, config = _local_files(source.location)
+    else:
+        try:
+            config, _ = hub_file(source.location, HUB_CONFIG)
+        except OSError:
+            config = None
+    if config is None:
+        return None
+    return Published(release_fields(_read_yaml(config)), str(config))
+
+
+@register_family(FAMILY, published=published_release)
 def build_davit(preset: EncoderPreset, source: WeightsSource, options: LoadOptions) -> DaViTEncoder:
     """Build a DaViT encoder from random init, a release checkpoint, or the hub cache."""
     arch = dict(preset.arch)

@@ -38,12 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import (
-    MultiScaleEncoder,
-    Stage,
-    channels_last,
-    plan_grids,
-)
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last, tap_vector
+from embedcache.encoders._published import Published, triple
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -189,20 +185,26 @@ class OpenCLIPEncoder(MultiScaleEncoder):
     def __init__(
         self, preset: EncoderPreset, visual: nn.Module, weights_id: dict[str, Any], global_dim: int
     ) -> None:
-        what = f"open_clip tower {type(visual).__name__}"
-        plan = plan_grids(visual_stages(visual), preset.preprocessing.input_size, what)
-        super().__init__(preset, weights_id, plan, global_dim)
+        super().__init__(preset, weights_id, global_dim)
         self.visual = visual.eval()
+        self.plan_grids(visual_stages(visual), f"open_clip tower {type(visual).__name__}")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        wanted = sorted({*self.plan.indices, *taps})
         out = self.visual.forward_intermediates(
             pixels,
-            indices=list(self.plan.indices),
+            indices=wanted,
             normalize_intermediates=True,
             output_fmt="NCHW",
+            output_extra_tokens=bool(taps),
         )
-        maps = [channels_last(m) for m in out["image_intermediates"]]
-        return out["image_features"], maps
+        spatial = out["image_intermediates"]
+        prefix = out.get("image_intermediates_prefix") or [None] * len(spatial)
+        by_block = dict(zip(wanted, zip(spatial, prefix, strict=True), strict=True))
+        maps = [channels_last(by_block[i][0]) for i in self.plan.indices]
+        return out["image_features"], maps, {b: tap_vector(*by_block[b]) for b in taps}
 
 
 def _global_dim(visual: nn.Module, arch: Mapping[str, Any]) -> int:
@@ -276,7 +278,47 @@ def load_visual(
     return visual.eval(), weights_id, dict(arch)
 
 
-@register_family(FAMILY)
+def preprocess_fields(preprocess_cfg: Mapping[str, Any], image_size: Any) -> dict[str, Any]:
+    """open_clip's eval transform of a ``preprocess_cfg`` as the pixel fields of
+    :mod:`embedcache.encoders._published` (open_clip's defaults where it is silent)."""
+    size = preprocess_cfg.get("size", image_size)
+    if isinstance(size, list | tuple):
+        size = int(size[0]) if len(set(size)) == 1 else [int(v) for v in size]
+    mode = preprocess_cfg.get("resize_mode", "shortest")
+    policy = _RESIZE_MODES.get(mode, mode)
+    fields: dict[str, Any] = {
+        "input_size": size,
+        "resize": policy,
+        "interpolation": preprocess_cfg.get("interpolation", "bicubic"),
+        "rescale": 1 / 255,
+        "mean": triple(preprocess_cfg.get("mean", CLIP_MEAN)),
+        "std": triple(preprocess_cfg.get("std", CLIP_STD)),
+    }
+    if policy == "crop":
+        fields.update(resize_to=size, crop_rounding="round")
+    return fields
+
+
+def published_open_clip(preset: EncoderPreset, source: WeightsSource) -> Published | None:
+    """The ``preprocess_cfg`` of the ``open_clip_config.json`` beside the weights (a folder or
+    file, or the hub snapshot in the cache); None if there is none."""
+    if source.kind == "local":
+        _, config = _local_files(source.location)
+    else:
+        try:
+            config, _ = hub_file(source.location, CONFIG_FILE)
+        except OSError:
+            config = None
+    if config is None:
+        return None
+    fields = _read_config(config)
+    model_cfg = fields.get("model_cfg", fields)
+    image_size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
+    preprocess = preprocess_fields(fields.get("preprocess_cfg", {}), image_size)
+    return Published(preprocess, str(config))
+
+
+@register_family(FAMILY, published=published_open_clip)
 def build_open_clip(
     preset: EncoderPreset, source: WeightsSource, options: LoadOptions
 ) -> OpenCLIPEncoder:

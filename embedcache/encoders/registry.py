@@ -1,7 +1,8 @@
 """The encoder registry: presets are data, families are builders.
 
 A new encoder is one :func:`register_preset` call in a family module. A new library family is one
-builder decorated with :func:`register_family`. No per-model ``if`` chains anywhere else.
+builder decorated with :func:`register_family` (with the reader of the preprocessing its
+checkpoints carry, checked against the preset's on every build from real weights). No per-model ``if`` chains anywhere else.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedcache.encoders._published import Published, check_published
 from embedcache.encoders.base import Encoder, EncoderPreset
 
 
@@ -39,9 +41,12 @@ class LoadOptions:
 
 
 Builder = Callable[[EncoderPreset, WeightsSource, LoadOptions], Encoder]
+#: Reads the preprocessing a checkpoint was published with (None if it has none).
+PublishedReader = Callable[[EncoderPreset, WeightsSource], Published | None]
 
 _PRESETS: dict[str, EncoderPreset] = {}
 _FAMILIES: dict[str, Builder] = {}
+_PUBLISHED: dict[str, PublishedReader] = {}
 #: Generic spec prefixes (``hf:<hub-id-or-dir>``) -> function making an ad-hoc preset.
 _GENERIC: dict[str, Callable[[str], EncoderPreset]] = {}
 
@@ -49,9 +54,17 @@ _GENERIC: dict[str, Callable[[str], EncoderPreset]] = {}
 _NOT_FAMILIES = frozenset({"base", "registry"})
 
 
-def register_family(name: str) -> Callable[[Builder], Builder]:
+def register_family(
+    name: str, *, published: PublishedReader | None = None
+) -> Callable[[Builder], Builder]:
+    """Register a family's builder, and the reader of the preprocessing its checkpoints carry
+    (compared with the preset's on every build from real weights, see
+    :mod:`embedcache.encoders._published`)."""
+
     def decorate(builder: Builder) -> Builder:
         _FAMILIES[name] = builder
+        if published is not None:
+            _PUBLISHED[name] = published
         return builder
 
     return decorate
@@ -140,4 +153,7 @@ def build_encoder(
     except KeyError:
         raise KeyError(f"preset {preset.name!r} names unknown family {preset.family!r}") from None
     encoder = builder(preset, source, LoadOptions(trust_remote_code=trust_remote_code))
+    reader = _PUBLISHED.get(preset.family)
+    if source.kind != "none" and reader is not None:
+        encoder.preprocessing_check = check_published(encoder, reader(encoder.preset, source))
     return encoder.eval()

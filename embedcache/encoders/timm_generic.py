@@ -32,12 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedcache.encoders._multiscale import (
-    MultiScaleEncoder,
-    Stage,
-    channels_last,
-    plan_grids,
-)
+from embedcache.encoders._multiscale import MultiScaleEncoder, Stage, channels_last, tap_vector
+from embedcache.encoders._published import Published, triple
 from embedcache.encoders._weights import (
     CheckpointError,
     build_seeded,
@@ -47,7 +43,7 @@ from embedcache.encoders._weights import (
     read_checkpoint,
     weight_file,
 )
-from embedcache.encoders.base import EncoderPreset, Preprocessing
+from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderPreset, Preprocessing
 from embedcache.encoders.registry import (
     LoadOptions,
     WeightsSource,
@@ -76,7 +72,7 @@ class TimmEncoder(MultiScaleEncoder):
     """A timm model behind the adapter contract.
 
     Args:
-        preset: the preset (its input size fixes the grid shapes).
+        preset: the preset (the grid shapes are what the model returns at its input size).
         model: the timm model, built with ``num_classes=0``.
         weights_id: identity of the weights.
         head: an optional module applied to the pooled vector (Ark+'s projector).
@@ -94,21 +90,26 @@ class TimmEncoder(MultiScaleEncoder):
     ) -> None:
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"timm model {type(model).__name__} has no forward_intermediates")
-        what = f"timm model {type(model).__name__}"
-        plan = plan_grids(timm_stages(model), preset.preprocessing.input_size, what)
         pooled_dim = getattr(model, "head_hidden_size", None) or model.num_features
-        super().__init__(preset, weights_id, plan, head_dim or pooled_dim)
+        super().__init__(preset, weights_id, head_dim or pooled_dim)
         self.model = model.eval()
         self.head = head.eval() if head is not None else None
+        self.plan_grids(timm_stages(model), f"timm model {type(model).__name__}")
 
-    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        final, maps = self.model.forward_intermediates(
-            pixels, indices=list(self.plan.indices), norm=True, output_fmt="NCHW"
+    def features(
+        self, pixels: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[int, torch.Tensor]]:
+        wanted = sorted({*self.plan.indices, *taps})
+        extra = {"return_prefix_tokens": True} if taps else {}
+        final, found = self.model.forward_intermediates(
+            pixels, indices=wanted, norm=True, output_fmt="NCHW", **extra
         )
+        by_block = {i: (m if taps else (m, None)) for i, m in zip(wanted, found, strict=True)}
         embedding = self.model.forward_head(final, pre_logits=True)
         if self.head is not None:
             embedding = self.head(embedding)
-        return embedding, [channels_last(m) for m in maps]
+        maps = [channels_last(by_block[i][0]) for i in self.plan.indices]
+        return embedding, maps, {b: tap_vector(*by_block[b]) for b in taps}
 
 
 def create_timm(model_name: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -218,6 +219,44 @@ def _folder_pretrained_cfg(location: Path) -> dict[str, Any] | None:
     return fields.get("pretrained_cfg") if isinstance(fields, dict) else None
 
 
+def data_config_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm ``pretrained_cfg`` as the pixel fields of :mod:`embedcache.encoders._published`:
+    what ``timm.data.create_transform`` does at eval (timm's defaults where it is silent)."""
+    height, width = (int(v) for v in cfg.get("input_size", (3, 224, 224))[-2:])
+    fields: dict[str, Any] = {
+        "input_size": height if height == width else [height, width],
+        "interpolation": cfg.get("interpolation") or "bicubic",
+        "rescale": 1 / 255,
+        "mean": triple(cfg.get("mean", IMAGENET_MEAN)),
+        "std": triple(cfg.get("std", IMAGENET_STD)),
+    }
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    scale = math.floor(height / crop_pct)
+    mode = cfg.get("crop_mode") or "center"
+    if mode == "squash" and scale == height:
+        fields["resize"] = "resize"
+    elif mode == "center":
+        fields.update(resize="crop", resize_to=scale, crop_rounding="round")
+    else:
+        fields["resize"] = f"{mode} (crop_pct {crop_pct})"
+    return fields
+
+
+def published_timm_config(preset: EncoderPreset, source: WeightsSource) -> Published | None:
+    """The ``pretrained_cfg`` of the timm ``config.json`` beside the weights (a file's folder,
+    a folder, or the hub snapshot in the cache); None if there is none."""
+    if source.kind == "local":
+        path = Path(source.location).expanduser().resolve()
+        cfg = _folder_pretrained_cfg(path)
+        origin = str((path if path.is_dir() else path.parent) / "config.json")
+    else:
+        from embedcache.encoders.hf_loading import read_json
+
+        fields = read_json(source.location, "config.json", required=False) or {}
+        cfg, origin = fields.get("pretrained_cfg"), f"{source.location}/config.json"
+    return Published(data_config_fields(cfg), origin) if cfg else None
+
+
 @register_generic("timm")
 def timm_preset(spec: str) -> EncoderPreset:
     """An ad-hoc preset for ``timm:<model-name>[@<checkpoint file or folder>]``."""
@@ -260,7 +299,7 @@ def timm_preset(spec: str) -> EncoderPreset:
     )
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_timm_config)
 def build_timm(preset: EncoderPreset, source: WeightsSource, options: LoadOptions) -> TimmEncoder:
     """Build a ``timm`` encoder (``arch``: ``model_name`` and optional ``kwargs``)."""
     model_name = preset.arch["model_name"]

@@ -43,7 +43,7 @@ from embedcache.encoders._weights import (
     read_checkpoint,
 )
 from embedcache.encoders.base import IMAGENET_MEAN, IMAGENET_STD, EncoderPreset, Preprocessing
-from embedcache.encoders.hf_loading import WeightsUnavailableError
+from embedcache.encoders.hub import WeightsUnavailableError
 from embedcache.encoders.registry import (
     LoadOptions,
     WeightsSource,
@@ -54,6 +54,7 @@ from embedcache.encoders.timm_generic import (
     TimmEncoder,
     checkpoint_path,
     create_timm,
+    published_timm_config,
     timm_filter,
 )
 
@@ -151,7 +152,7 @@ def _out_features(head: nn.Module) -> int:
     return int(last.out_features)
 
 
-@register_family(FAMILY)
+@register_family(FAMILY, published=published_timm_config)
 def build_ark(preset: EncoderPreset, source: WeightsSource, options: LoadOptions) -> TimmEncoder:
     """Build Ark+ from random init (``--weights none``) or an Ark checkpoint file."""
     arch = dict(preset.arch)

@@ -107,6 +107,8 @@ def open_group(
         grid_shapes={level: spec.shape for level, spec in encoder.grid_specs.items()},
         dtype=dtype,
         rows_per_shard=rows_per_shard,
+        taps=tuple(encoder.taps),
+        tap_dim=encoder.tap_dim if encoder.taps else 0,
     )
     attrs = {
         "key_material": material,

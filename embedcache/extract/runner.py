@@ -38,7 +38,7 @@ from embedcache.intake.manifest import Manifest, load_manifest
 from embedcache.store.api import StoreGroup, open_store
 from embedcache.store.backends import resolve_format
 from embedcache.store.faults import store_writes
-from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, encoder_key
+from embedcache.store.layout import DEFAULT_ROWS_PER_SHARD, encoder_key, tap_name
 from embedcache.store.lock import GroupLock
 from embedcache.store.urls import locate
 
@@ -163,6 +163,7 @@ def extract(
     break_lock: bool = False,
     trust_remote_code: bool = False,
     seed: int = 0,
+    taps: str | list[int] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     log: Any = print,
@@ -186,6 +187,9 @@ def extract(
             ``float32``.
         precision: compute precision, ``bf16`` (CUDA autocast) or ``fp32``; part of the key.
         rows_per_shard: images per shard file for a new group.
+        taps: also store the class (or pooled) token of some blocks as ``tap<b>`` arrays:
+            ``last4`` or block indices (``8,9,10,11``); single-scale ViTs only; part of the key
+            (see :meth:`~embedcache.encoders.base.Encoder.set_taps`).
         storage_options: fsspec options for a URL ``out``; ``None`` reads
             ``$EMBEDCACHE_STORAGE_OPTIONS`` (JSON).
 
@@ -209,6 +213,8 @@ def extract(
         manifest = load_manifest(manifest, root, check_files=not skip_bad)
     if isinstance(encoder, str):
         encoder = build_encoder(encoder, weights, trust_remote_code=trust_remote_code, seed=seed)
+    if taps:
+        encoder.set_taps(taps)
     random_weights = "random_init" in encoder.weights_id
     if random_weights:
         log(
@@ -393,6 +399,7 @@ def _handle_failures(
 def _to_numpy(feats: Any) -> dict[str, np.ndarray]:
     out = {"global": feats.embedding}
     out.update({f"grid{level}": grid for level, grid in feats.grids.items()})
+    out.update({tap_name(block): tap for block, tap in feats.taps.items()})
     return {name: t.float().cpu().numpy() for name, t in out.items()}
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from embedcache.store.api import StoreGroup
 from embedcache.store.faults import store_writes
-from embedcache.store.layout import FEATURE_ARRAYS, check_fits
+from embedcache.store.layout import check_fits
 
 _STOP = object()
 
@@ -121,7 +121,7 @@ class ShardWriter:
             self._buffers[shard] = {
                 "features": {
                     name: np.zeros((length, *shapes[name][1:]), self.layout.dtype)
-                    for name in FEATURE_ARRAYS
+                    for name in self.layout.feature_names()
                 },
                 "written": [],
                 "skipped": [],
@@ -130,14 +130,14 @@ class ShardWriter:
         return self._buffers[shard]
 
     def _add_rows(self, rows: list[int], features: dict[str, np.ndarray]) -> None:
-        for name in FEATURE_ARRAYS:
+        for name in self.layout.feature_names():
             check_fits(features[name], self.layout.dtype, f"{self.group.key}/{name}, rows {rows}")
         rows_arr = np.asarray(rows)
         for shard in np.unique(rows_arr // self.rows_per_shard).tolist():
             buf = self._buffer(shard)
             sel = np.flatnonzero(rows_arr // self.rows_per_shard == shard)
             local = rows_arr[sel] - shard * self.rows_per_shard
-            for name in FEATURE_ARRAYS:
+            for name in self.layout.feature_names():
                 buf["features"][name][local] = features[name][sel]
             buf["written"].extend(rows_arr[sel].tolist())
             self._maybe_flush(shard)

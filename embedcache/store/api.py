@@ -21,7 +21,6 @@ import numpy as np
 from embedcache.store.backends import detect_format, open_backend
 from embedcache.store.layout import (
     DONE,
-    FEATURE_ARRAYS,
     FORMAT_VERSION,
     IDS,
     IMAGE,
@@ -188,12 +187,13 @@ class StoreGroup:
 
         Args:
             start: first row.
-            features: ``{"global": (n, D), "grid16": (n, h, w, C), "grid32": ...}``, either in
+            features: ``{"global": (n, D), "grid16": (n, h, w, C), "grid32": ...}`` (and
+                ``tap<b>``: (n, D') when the group has taps), either in
                 the store dtype already or float32 (then checked with :func:`check_fits` and
                 cast).
         """
         cast = {}
-        for name in FEATURE_ARRAYS:
+        for name in self.layout.feature_names():
             values = features[name]
             if values.dtype != np.dtype(self.layout.dtype):
                 check_fits(values, self.layout.dtype, f"{self.key}/{name} from row {start}")

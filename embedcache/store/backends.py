@@ -18,6 +18,7 @@ import numpy as np
 
 from embedcache.store.layout import (
     DONE,
+    FEATURE_ARRAYS,
     FORMAT,
     FORMAT_VERSION,
     GLOBAL,
@@ -111,6 +112,17 @@ class ZarrBackend:
             config=_WRITE_ALL,
             dimension_names=dimension_names(GLOBAL),
         )
+        for name in layout.feature_names()[len(FEATURE_ARRAYS) :]:  # the taps, like global
+            node.create_array(
+                name,
+                shape=(n, layout.tap_dim),
+                dtype=layout.dtype,
+                chunks=(rows, layout.tap_dim),
+                compressors=None,
+                fill_value=0,
+                config=_WRITE_ALL,
+                dimension_names=dimension_names(name),
+            )
         for level, name in GRID_ARRAYS.items():
             shape = layout.grid_shapes[level]
             node.create_array(

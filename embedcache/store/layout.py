@@ -10,6 +10,7 @@ One store holds one group per encoder key::
         global   (N, D)
         grid16   (N, h, w, C)     one image per inner chunk, ``rows_per_shard`` images per shard
         grid32   (N, h', w', C')
+        tap<b>   (N, D')          optional (``extract --taps``): block b's class or pooled token
         done     (N,)             True once the row is durably written (or recorded as skipped)
         skipped  (N,)             True for rows recorded as unreadable under ``--skip-bad``
 
@@ -41,7 +42,17 @@ IDS, GLOBAL, DONE, SKIPPED = "ids", "global", "done", "skipped"
 IMAGE = "image"
 LEGACY_IDS = "ids"
 GRID_ARRAYS = {16: "grid16", 32: "grid32"}
+#: The arrays every group holds; a group extracted with taps holds ``tap<b>`` arrays besides
+#: (see :meth:`GroupLayout.feature_names`).
 FEATURE_ARRAYS = (GLOBAL, *GRID_ARRAYS.values())
+#: Name of the array of block ``b``'s tap.
+TAP_ARRAY = re.compile(r"^tap(\d+)$")
+
+
+def tap_name(block: int) -> str:
+    """The array holding the tap of block ``block`` (0-based): ``tap11``."""
+    return f"tap{int(block)}"
+
 
 #: Storage dtypes a user may choose. float16 halves the store; values outside its range are
 #: refused (never written as inf): see :func:`check_fits`.
@@ -89,6 +100,8 @@ class GroupLayout:
         dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
         rows_per_shard: images per shard file (and per write); also the chunk length of the
             1-D arrays.
+        taps: blocks whose class or pooled token is stored (``tap<b>`` arrays), ascending.
+        tap_dim: D' of each tap.
     """
 
     n_rows: int
@@ -96,6 +109,8 @@ class GroupLayout:
     grid_shapes: dict[int, tuple[int, int, int]]
     dtype: str = "float16"
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    taps: tuple[int, ...] = ()
+    tap_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -103,11 +118,17 @@ class GroupLayout:
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
 
+    def feature_names(self) -> tuple[str, ...]:
+        """Every feature array of the group: global, the grids, then the taps."""
+        return (*FEATURE_ARRAYS, *(tap_name(b) for b in self.taps))
+
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         """Full array shape of each feature array, by name."""
         shapes: dict[str, tuple[int, ...]] = {GLOBAL: (self.n_rows, self.global_dim)}
         for level, name in GRID_ARRAYS.items():
             shapes[name] = (self.n_rows, *self.grid_shapes[level])
+        for block in self.taps:
+            shapes[tap_name(block)] = (self.n_rows, self.tap_dim)
         return shapes
 
     def bytes_per_row(self) -> int:
@@ -121,6 +142,7 @@ class GroupLayout:
             "grid_shapes": {str(k): list(v) for k, v in self.grid_shapes.items()},
             "dtype": self.dtype,
             "rows_per_shard": self.rows_per_shard,
+            **({"taps": list(self.taps), "tap_dim": self.tap_dim} if self.taps else {}),
         }
 
     @classmethod
@@ -131,12 +153,15 @@ class GroupLayout:
             grid_shapes={int(k): tuple(v) for k, v in attrs["grid_shapes"].items()},
             dtype=attrs["dtype"],
             rows_per_shard=int(attrs["rows_per_shard"]),
+            taps=tuple(int(b) for b in attrs.get("taps", ())),
+            tap_dim=int(attrs.get("tap_dim", 0)),
         )
 
 
 def dimension_names(name: str) -> tuple[str, ...]:
     """Dimension names of array ``name`` (its on-disk name): ``image`` first for every array,
-    ``channel`` for the global vector, ``y16, x16, channel16`` for grid16 (``32`` likewise).
+    ``channel`` for the global vector, ``y16, x16, channel16`` for grid16 (``32`` likewise),
+    ``tap_channel`` for the taps.
 
     The grids' axes get their own names because their sizes differ between grids (and from the
     global vector) for most encoders, and a name has one size across a Dataset.
@@ -148,6 +173,8 @@ def dimension_names(name: str) -> tuple[str, ...]:
     for level, grid in GRID_ARRAYS.items():
         if name == grid:
             return (IMAGE, f"y{level}", f"x{level}", f"channel{level}")
+    if TAP_ARRAY.match(name):  # every tap of a group has the same width
+        return (IMAGE, "tap_channel")
     raise KeyError(f"no array {name!r} in the store layout")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from embedcache.store.api import EmbeddingStore, StoreGroup
-from embedcache.store.layout import FEATURE_ARRAYS, encoder_key
+from embedcache.store.layout import GRID_ARRAYS, encoder_key
 from embedcache.store.lock import GroupLock
 from embedcache.store.progress import GroupCounts, recorded_counts
 
@@ -70,8 +70,9 @@ def group_summary(group: StoreGroup, store: EmbeddingStore | None = None) -> dic
                 "stride": enc.get("grids", {}).get(name[4:], {}).get("stride"),
             }
             for name, shape in layout.feature_shapes().items()
-            if name != "global"
+            if name in GRID_ARRAYS.values()
         },
+        "taps": {"blocks": list(layout.taps), "dim": layout.tap_dim} if layout.taps else None,
         "bytes_per_image": layout.bytes_per_row(),
         "precision": attrs.get("key_material", {}).get("precision"),
         "manifest": attrs.get("manifest"),
@@ -137,7 +138,7 @@ def verify_group(group: StoreGroup, block: int = 256) -> VerifyReport:
     if np.any(skipped & ~done):
         report.problems.append("rows marked skipped but not done")
     written = done & ~skipped
-    for name in FEATURE_ARRAYS:
+    for name in group.layout.feature_names():
         array, bad = group.array(name), []
         for lo in range(0, len(done), block):
             hi = min(lo + block, len(done))

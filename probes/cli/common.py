@@ -9,6 +9,7 @@ A command is ``argparse -> keywords -> the run function``::
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from probes.core.splits import REFERENCE_SEED
@@ -37,8 +38,18 @@ def add_feature_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--feature",
         default="global",
-        choices=("global", "grid16", "grid32"),
-        help="feature array; grids are average-pooled over their patches (default: global)",
+        type=_feature_name,
+        help="global, grid16, grid32 (average-pooled over their patches), taps (the class tokens "
+        "of the blocks extracted with --taps, side by side) or one tap, e.g. tap11 "
+        "(default: global)",
+    )
+
+
+def _feature_name(value: str) -> str:
+    if value in ("global", "grid16", "grid32", "taps") or re.fullmatch(r"tap\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from global, grid16, grid32, taps, tap<block>)"
     )
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from embedcache.intake.manifest import Manifest, load_manifest
 from embedcache.store.api import EmbeddingStore, StoreGroup, open_store
-from embedcache.store.layout import FEATURE_ARRAYS, GLOBAL, parse_key
+from embedcache.store.layout import GLOBAL, TAP_ARRAY, parse_key
 
 __all__ = ["FeatureError", "FeatureSet", "binary_labels"]
 
@@ -43,7 +43,8 @@ class FeatureSet:
     """An encoder group's features for the manifest's images, in manifest order.
 
     Attributes:
-        key: encoder group key. feature: ``global``, ``grid16`` or ``grid32``.
+        key: encoder group key. feature: ``global``, ``grid16``, ``grid32``, a tap (``tap11``)
+            or ``taps`` (all taps side by side), see :func:`feature_arrays`.
         group: the :class:`StoreGroup`. manifest: the :class:`Manifest`.
         ids: ``(n,)`` str image ids of the usable rows, manifest order.
         rows: ``(n,)`` int store row of each id.
@@ -64,10 +65,7 @@ class FeatureSet:
         allow_partial: bool = False,
         store: EmbeddingStore | None = None,
     ):
-        if feature not in FEATURE_ARRAYS:
-            raise FeatureError(
-                f"unknown feature {feature!r}; the store holds {', '.join(FEATURE_ARRAYS)}"
-            )
+        self._arrays = feature_arrays(group, feature)
         self.key, self.feature, self.group, self.manifest = group.key, feature, group, manifest
         self._store = store  # kept open for as long as the FeatureSet lives
         self._join(allow_subset, allow_partial)
@@ -123,7 +121,10 @@ class FeatureSet:
     @property
     def shape(self) -> tuple[int, ...]:
         """``(n, ...)``: the shape ``load()`` returns."""
-        return (len(self), *self.group.array(self.feature).shape[1:])
+        shapes = [self.group.array(name).shape[1:] for name in self._arrays]
+        if len(shapes) == 1:
+            return (len(self), *shapes[0])
+        return (len(self), sum(shape[-1] for shape in shapes))  # taps side by side
 
     def labels(self, column: str) -> np.ndarray:
         """``(n,)`` values of a manifest column for the usable rows (bools as 0/1).
@@ -162,7 +163,8 @@ class FeatureSet:
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
         for start in range(0, len(rows), READ_BLOCK):
             take = order[start : start + READ_BLOCK]
-            out[take] = self.group.read_rows(self.feature, rows[take])
+            parts = [self.group.read_rows(name, rows[take]) for name in self._arrays]
+            out[take] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         return out
 
     def _join(self, allow_subset: bool, allow_partial: bool) -> None:
@@ -213,6 +215,22 @@ class FeatureSet:
             self.patient_ids = self.table["patient_id"].to_numpy(dtype=str)
         else:  # a cohort without patient ids: every image its own patient
             self.patient_ids = self.ids.copy()
+
+
+def feature_arrays(group: StoreGroup, feature: str) -> list[str]:
+    """The store arrays behind ``feature``: ``global``, ``grid16``, ``grid32``, a tap
+    (``tap11``), or ``taps``: every tap of the group, side by side in block order (DINOv2's
+    linear evaluation input is the last 4 blocks' class tokens)."""
+    names = list(group.layout.feature_names())
+    taps = [name for name in names if TAP_ARRAY.match(name)]
+    if feature == "taps" and taps:
+        return taps
+    if feature in names:
+        return [feature]
+    extra = ", taps" if taps else " (no taps: extract with --taps to store them)"
+    raise FeatureError(
+        f"unknown feature {feature!r}; encoder group {group.key} holds {', '.join(names)}{extra}"
+    )
 
 
 def binary_labels(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedcache.geometry import Frame, to_frame
 from embedcache.intake.images import read_image
 from embedcache.intake.manifest import Manifest
 from embedcache.intake.masks import siim_rle_decode
@@ -37,9 +38,8 @@ def extreme_cases(run: Run, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def store_preprocessing(run: Run) -> dict[str, Any] | None:
     """The encoder's preprocessing dict: the run's own (a fine-tune records it in run.json),
-    else its store group's; None if neither can be read or :class:`Preprocessing` refuses it
-    (then images and masks are shown stretched)."""
-    from embedcache.encoders.base import Preprocessing
+    else its store group's; None if neither can be read or its geometry is refused
+    (:class:`embedcache.geometry.Frame`; then images and masks are shown stretched)."""
     from embedcache.store import open_store
 
     try:
@@ -48,7 +48,9 @@ def store_preprocessing(run: Run) -> dict[str, Any] | None:
             with open_store(run.info["store"]) as store:
                 attrs = store.group(run.encoder).attrs
             found = (attrs.get("encoder") or attrs.get("key_material") or {}).get("preprocessing")
-        Preprocessing(**found)
+        if found is None:
+            return None
+        Frame.of(found)
     except Exception:  # a moved, deleted or foreign store: the report still renders, stretched
         return None
     return dict(found)
@@ -102,21 +104,21 @@ def _true_masks(run, rows, manifest, positions, size, preprocessing, problems) -
 def _model_view(
     image: np.ndarray, preprocessing: dict[str, Any] | None, mask_size: tuple[int, int]
 ) -> np.ndarray:
-    """The image on the model-input raster (the encoder's own resize/crop/pad), or stretched to
-    the masks' aspect when the preprocessing is unknown."""
+    """The image on the model-input raster, ``(S, S)`` (the encoder's own resize/crop/pad, from
+    :mod:`embedcache.geometry`, the mapping the masks take), or stretched to a multiple of the
+    masks' size when the preprocessing is unknown. Sampled at up to 4x4 points per output pixel
+    and averaged, so a large X-ray is shown smoothly yet on exactly the masks' pixels."""
     if preprocessing:
-        from embedcache.encoders.base import Preprocessing
-
-        prepared = Preprocessing(**preprocessing).prepare(image)[0].numpy()
-        return np.clip(prepared, 0.0, 1.0)
-    import torch
-    import torch.nn.functional as F
-
-    h, w = mask_size
-    scale = max(1, round(256 / max(h, w)))
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    x = F.interpolate(x, size=(h * scale, w * scale), mode="bilinear", antialias=True)
-    return np.clip(x[0, 0].numpy(), 0.0, 1.0)
+        side = int(Frame.of(preprocessing).input_size)
+        size = (side, side)
+    else:
+        h, w = mask_size
+        scale = max(1, round(256 / max(h, w)))
+        size = (h * scale, w * scale)
+    k = int(min(4, max(1, -(-max(image.shape) // max(size)))))  # points per pixel and axis
+    fine = to_frame(np.asarray(image, np.float32), (size[0] * k, size[1] * k), preprocessing)
+    view = fine.reshape(size[0], k, size[1], k).mean(axis=(1, 3))
+    return np.clip(view, 0.0, 1.0)
 
 
 def _size(rows: pd.DataFrame) -> tuple[int, int]:

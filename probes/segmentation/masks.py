@@ -28,8 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from embedcache.geometry import to_frame
 from embedcache.intake.manifest import Manifest
-from embedcache.intake.masks import chexmask_rle_decode, read_mask, resize_mask, siim_rle_decode
+from embedcache.intake.masks import chexmask_rle_decode, read_mask, siim_rle_decode
 
 __all__ = [
     "MaskKind",
@@ -119,16 +120,15 @@ def to_model_input(
         mask: bool ``(H, W)`` over the original image.
         size: ``(h, w)`` of the output (the training resolution).
         preprocessing: the encoder's :class:`~embedcache.encoders.base.Preprocessing` as a dict
-            (``input_size``, ``resize``, ``resize_to``); ``None`` or ``resize`` stretches.
+            (``input_size``, ``resize``, ``resize_to``, ``crop_rounding``); ``None`` or
+            ``resize`` stretches.
 
     Returns:
         bool ``(h, w)``: output pixel ``(i, j)`` is the source pixel under the centre of model
-        input region ``(i, j)``; pixels in padding are background.
+        input region ``(i, j)``; pixels in padding are background
+        (:func:`embedcache.geometry.to_frame`).
     """
-    mask = np.asarray(mask, dtype=bool)
-    if (preprocessing or {}).get("resize", "resize") == "resize":
-        return resize_mask(mask, size)
-    return image_to_model_input(mask, size, preprocessing)
+    return to_frame(np.asarray(mask, dtype=bool), size, preprocessing)
 
 
 def image_to_model_input(
@@ -137,36 +137,7 @@ def image_to_model_input(
     """Any ``(H, W)`` array (an X-ray, a mask) sampled nearest-neighbour into the encoder's
     input geometry at ``size``, so that it lies under the grids' and the predicted masks'
     pixels (overlays). Padding is 0. Same sampling rule as :func:`to_model_input`."""
-    image = np.asarray(image)
-    big_h, big_w = image.shape
-    out_h, out_w = (int(v) for v in size)
-    i2 = 2 * np.arange(out_h) + 1  # doubled output centres, in output pixels
-    j2 = 2 * np.arange(out_w) + 1
-    policy = (preprocessing or {}).get("resize", "resize")
-    if policy == "resize":
-        rows, cols = (i2 * big_h) // (2 * out_h), (j2 * big_w) // (2 * out_w)
-    elif policy == "pad":
-        side = max(big_h, big_w)
-        top, left = (side - big_h) // 2, (side - big_w) // 2
-        rows = (i2 * side) // (2 * out_h) - top
-        cols = (j2 * side) // (2 * out_w) - left
-    elif policy == "crop":
-        crop = int(preprocessing["input_size"])  # type: ignore[index]
-        short = int(preprocessing.get("resize_to") or crop)  # type: ignore[union-attr]
-        # The same resized canvas as Preprocessing.prepare (Hugging Face's truncation).
-        if big_h <= big_w:
-            th, tw = short, max(short, int(short * big_w / big_h))
-        else:
-            th, tw = max(short, int(short * big_h / big_w)), short
-        top, left = (th - crop) // 2, (tw - crop) // 2
-        # canvas y = top + (i + .5) * crop / out_h; source row = floor(y * H / th).
-        rows = ((2 * top * out_h + i2 * crop) * big_h) // (2 * th * out_h)
-        cols = ((2 * left * out_w + j2 * crop) * big_w) // (2 * tw * out_w)
-    else:
-        raise ValueError(f"unknown resize policy {policy!r}; expected resize, crop or pad")
-    inside = ((rows >= 0) & (rows < big_h))[:, None] & ((cols >= 0) & (cols < big_w))[None, :]
-    picked = image[np.clip(rows, 0, big_h - 1)[:, None], np.clip(cols, 0, big_w - 1)[None, :]]
-    return np.where(inside, picked, np.zeros((), dtype=image.dtype))
+    return to_frame(image, size, preprocessing)
 
 
 def _is_empty(value: object) -> bool:
