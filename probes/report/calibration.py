@@ -12,6 +12,7 @@ import pandas as pd
 from probes.core.calibration import (
     calibrated_scores,
     decision_curve,
+    decision_options,
     decision_scores,
     reliability_bins,
 )
@@ -49,12 +50,20 @@ def report_prevalence(runs: Sequence[Run], given: float | None) -> float | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _results(run: Run) -> pd.DataFrame:
-    """results.csv, its calibration columns recomputed (without CIs) for a run written before
-    they existed."""
-    if "ece" in run.results.columns:
+def _results(run: Run, prevalence: float | None) -> pd.DataFrame:
+    """results.csv; recomputed from the predictions (without CIs: the columns shown need none)
+    for a run written before the calibration columns existed, or whose net benefit was
+    computed at another prevalence than the report's."""
+    options = run.spec.options if run.spec is not None else {}
+    own = options.get("prevalence")
+    same = own == prevalence or (
+        own is not None and prevalence is not None and float(own) == float(prevalence)
+    )
+    if "ece" in run.results.columns and same:
         return run.results
-    return results_table(run.predictions, n_boot=0)
+    return results_table(
+        run.predictions, n_boot=0, **{**decision_options(options), "prevalence": prevalence}
+    )
 
 
 def _with_calibrated(test: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -91,7 +100,9 @@ def calibration_sections(runs: Sequence[Run], sink, *, prevalence: float | None)
                 "after temperature scaling (one temperature T per round, fitted on its "
                 "validation fold; it never changes AUROC); sensitivity at 90% specificity and "
                 "specificity at 90% sensitivity with the threshold chosen on the validation "
-                "fold and applied to the test fold. Figures pool the test rows of all rounds: "
+                "fold and applied to the test fold; net benefit (NB) at the risk threshold "
+                f"given, at {where} (recomputed from the predictions for a run computed at "
+                "another). Figures pool the test rows of all rounds: "
                 "reliability diagrams (15 equal-mass bins) and decision curves (net benefit of "
                 f"the temperature-scaled scores at {where}, moved there by Bayes' rule, "
                 "against treating all and none)."
@@ -105,7 +116,7 @@ def calibration_sections(runs: Sequence[Run], sink, *, prevalence: float | None)
         for run in members:
             if label not in run.labels:
                 continue
-            results = _results(run)
+            results = _results(run, prevalence)
             results = results[results["label"].astype(str) == label]
             nb = sorted(c for c in results.columns if c.startswith("net_benefit_at_"))
             net_benefit = net_benefit or (nb[0] if nb else None)
