@@ -73,14 +73,15 @@ def budget_sections(runs: Sequence[Run], sink, *, n_boot: int, seed: int) -> lis
     table = pd.concat(curves, ignore_index=True)
     for (task, label, unit), part in table.groupby(["task", "label", "unit"], sort=False):
         what = label or "segmentation"
-        csv = sink.table(part, f"budgets_{task}_{label}_{unit}")
+        stem = "_".join(p for p in ("budgets", task, label, unit) if p)
+        csv = sink.table(part, stem)
         figure = budget_figure(part, unit, f"{what}: label efficiency (95% CI)")
         sections.append(
             Section(f"Label efficiency: {what}", level=3).add(
                 Table(_display(part), csv=csv),
                 sink.figure(
                     figure,
-                    f"budgets_{task}_{label}_{unit}",
+                    stem,
                     f"{what}: {part['metric'].iat[0]} against training budget, one line per "
                     "run, 95% CI over test patients.",
                 ),
