@@ -103,7 +103,7 @@ def calibration_sections(runs: Sequence[Run], sink, *, prevalence: float | None)
                 "fold and applied to the test fold; net benefit (NB) at the risk threshold "
                 f"given, at {where} (recomputed from the predictions for a run computed at "
                 "another). Figures pool the test rows of all rounds: "
-                "reliability diagrams (15 equal-mass bins) and decision curves (net benefit of "
+                "reliability diagrams (15 equal-mass bins, raw and temperature-scaled) and decision curves (net benefit of "
                 f"the temperature-scaled scores at {where}, moved there by Bayes' rule, "
                 "against treating all and none)."
             )
@@ -143,7 +143,7 @@ def calibration_sections(runs: Sequence[Run], sink, *, prevalence: float | None)
             sink.figure(
                 reliability_figure(points, label),
                 f"reliability_{label}",
-                f"{label}: reliability diagram, test rows pooled; filled: raw scores, hollow: "
+                f"{label}: reliability diagrams, test rows pooled; left raw scores, right "
                 "temperature-scaled.",
             ),
             sink.figure(

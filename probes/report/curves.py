@@ -48,42 +48,65 @@ def budget_figure(curves: pd.DataFrame, unit: str, title: str) -> Figure:
         title=title,
     )
     ax.grid(True, color="0.9")
-    ax.legend(fontsize=8, loc="best")
+    _legend_below(ax, len(runs))
     return fig
+
+
+def _legend_below(ax, n: int) -> None:
+    """The legend under the axes (run names are long and runs many): one or two columns."""
+    ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        fontsize=7,
+        ncol=2 if n > 6 else 1,
+        frameon=False,
+    )
 
 
 def reliability_figure(points: dict[str, tuple[pd.DataFrame, pd.DataFrame]], label: str) -> Figure:
     """Reliability diagram of one label: observed positive rate against mean score in 15
-    equal-mass bins, raw (filled) and temperature-scaled (hollow), one colour per run.
+    equal-mass bins, raw scores (left) and temperature-scaled (right), one colour per run.
 
     Args:
         points: run name -> (raw bins, calibrated bins) from
             :func:`probes.core.calibration.reliability_bins`.
     """
-    fig = Figure(figsize=(5.6, 5.0))
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect")
+    fig = Figure(figsize=(9.0, 4.6))
+    axes = fig.subplots(1, 2, sharey=True)
     colours = [f"C{i % 10}" for i in range(len(points))]
-    for colour, (name, (raw, calibrated)) in zip(colours, points.items(), strict=True):
-        ax.plot(raw["mean_score"], raw["positive_rate"], "o-", color=colour, label=f"{name} raw")
-        ax.plot(
-            calibrated["mean_score"],
-            calibrated["positive_rate"],
-            "o--",
-            color=colour,
-            markerfacecolor="none",
-            label=f"{name} temperature-scaled",
+    for ax, which, title in zip(axes, (0, 1), ("raw scores", "temperature-scaled"), strict=True):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect")
+        for colour, (name, bins) in zip(colours, points.items(), strict=True):
+            table = bins[which]
+            ax.plot(
+                table["mean_score"],
+                table["positive_rate"],
+                "o-",
+                color=colour,
+                markersize=4,
+                linewidth=1.2,
+                label=name,
+            )
+        ax.set(
+            xlim=(-0.01, 1.01),
+            ylim=(-0.01, 1.01),
+            xlabel="mean predicted probability (bin)",
+            title=title,
+            aspect="equal",
         )
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="mean predicted probability (bin)",
-        ylabel="observed positive rate (bin)",
-        title=f"{label}: reliability, test rows pooled",
-        aspect="equal",
+        ax.grid(True, color="0.9")
+    axes[0].set_ylabel("observed positive rate (bin)")
+    fig.suptitle(f"{label}: reliability, test rows pooled (15 equal-mass bins)", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.02),
+        fontsize=7,
+        ncol=2 if len(labels) > 6 else 1,
+        frameon=False,
     )
-    ax.grid(True, color="0.9")
-    ax.legend(fontsize=7, loc="upper left")
     return fig
 
 
@@ -121,5 +144,5 @@ def decision_curve_figure(
         xlim=(0, 1),
     )
     ax.grid(True, color="0.9")
-    ax.legend(fontsize=8, loc="upper right")
+    _legend_below(ax, len(curves) + 2)
     return fig
