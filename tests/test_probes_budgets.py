@@ -136,6 +136,12 @@ def test_linear_results_per_budget_and_draw_and_the_full_budget_is_the_plain_run
         pd.testing.assert_frame_equal(rows, plain.predictions[["image_id", "round", "split"]])
     assert set(run.summary["budget"]) == {0.2, 1.0}
     assert run.spec.split.budgets == (0.2, 1.0) and run.spec.split.budget_draws == 2
+    # one round alone (a study's unit) draws the same patients as in the whole run
+    unit = probes.run_linear(
+        store, manifest, budgets="0.2,1.0", budget_draws=2, rounds=[3], **common
+    )
+    whole = predictions[predictions["round"] == 3].reset_index(drop=True)
+    pd.testing.assert_frame_equal(unit.predictions, whole, check_dtype=False)
     # the command line gives the same, and the folder reopens with its spec
     argv = ["linear", str(store), "--manifest", str(manifest), "--label", "finding"]
     argv += ["--n-boot", "50", "--Cs", "0.1", "1.0", "--budgets", "0.2,1.0"]
