@@ -33,6 +33,7 @@ __all__ = [
     "reference_rotation",
     "report",
     "results_table",
+    "run_control",
     "run_linear",
     "run_seg",
     "run_shortcut",
@@ -57,6 +58,7 @@ __getattr__, __dir__ = lazy_exports(
         "run_linear": "probes.linear.run",
         "run_seg": "probes.segmentation.run",
         "run_shortcut": "probes.analysis.shortcut_run",
+        "run_control": "probes.controls.run",
         # packages whose modules are callable (probes._lazy.make_callable): the function and
         # the package share one name
         "finetune": SUBMODULE,

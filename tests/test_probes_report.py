@@ -154,7 +154,9 @@ def test_report_writes_markdown_html_figures_and_tables(study):
     assert runs["images"].tolist() == [50] * 5
 
 
-def test_html_loads_in_headless_chromium_without_errors(study):
+def _open_in_chromium(html: Path) -> dict:
+    """Load ``html`` in headless Chromium: console errors, image widths, headings, title and
+    the URLs requested. Skips without Chromium (fails when CI is set)."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing and CI is set: the browser test must run")
@@ -180,18 +182,109 @@ def test_html_loads_in_headless_chromium_without_errors(study):
             page.on("pageerror", lambda e: errors.append(str(e)))
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url))
-            page.goto((study["out"] / "report.html").resolve().as_uri(), wait_until="load")
+            page.goto(html.resolve().as_uri(), wait_until="load")
             widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
             headings = page.eval_on_selector_all("h1, h2, h3", "els => els.map(e => e.textContent)")
             title = page.title()
         finally:
             browser.close()
+    return dict(errors=errors, widths=widths, headings=headings, title=title, requests=requests)
+
+
+def test_html_loads_in_headless_chromium_without_errors(study):
+    page = _open_in_chromium(study["out"] / "report.html")
+    errors, widths, headings = page["errors"], page["widths"], page["headings"]
+    title, requests = page["title"], page["requests"]
     assert errors == []
     assert len(widths) >= 7 and all(w > 0 for w in widths), widths
     for heading in HEADINGS:
         assert heading in headings, (heading, headings)
     assert title.startswith("Probe report")
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
+
+
+# -- label efficiency, calibration, controls --------------------------------------------------
+
+EXTENDED_HEADINGS = (
+    "Calibration and operating points",
+    "Calibration: pneumothorax",
+    "Label efficiency",
+    "Label efficiency: pneumothorax",
+    "Label efficiency: paired tests at each budget",
+    "Comparisons: classification",
+)
+
+
+@pytest.fixture(scope="module")
+def extended(study):
+    """Budgeted linear probes of two features, the two controls and a plain run, on the same
+    folds of the same cohort, and their report."""
+    root = study["root"]
+    common = [str(study["store"]), "--manifest", str(study["manifest"]), "--n-boot", "50"]
+    common += ["--label", "pneumothorax", "--quiet"]
+    runs = {"lin-global": study["runs"]["global"]}
+    budgets = ["--budgets", "0.25,1.0", "--budget-draws", "2", "--prevalence", "0.1"]
+    for feature in ("global", "grid16"):
+        runs[f"budget-{feature}"] = root / f"budget-{feature}"
+        argv = ["linear", *common, *budgets, "--Cs", "0.1", "1", "--feature", feature]
+        assert main([*argv, "--out", str(runs[f"budget-{feature}"])]) == 0
+    controls = {"image-stats": ["--metadata", "view", "sex", "age"], "shuffled-label": []}
+    for kind, extra in controls.items():
+        runs[kind] = root / kind
+        argv = ["control", *common, "--kind", kind, *extra, "--Cs", "0.1", "1"]
+        assert main([*argv, "--out", str(runs[kind])]) == 0
+    out = root / "report-extended"
+    argv = ["report", *map(str, runs.values()), "--out", str(out), "--n-boot", "100"]
+    argv += ["--prevalence", "0.1"]
+    assert main(argv) == 0
+    return {"runs": runs, "out": out}
+
+
+def test_label_efficiency_calibration_and_controls_render_in_chromium(extended):
+    out = extended["out"]
+    page = _open_in_chromium(out / "report.html")
+    assert page["errors"] == []
+    assert page["widths"] and all(w > 0 for w in page["widths"])
+    for heading in EXTENDED_HEADINGS:
+        assert heading in page["headings"], (heading, page["headings"])
+    names = {f.stem for f in (out / "figures").glob("*.png")}
+    assert {
+        "budgets_classification_pneumothorax_fraction",
+        "reliability_pneumothorax",
+        "decision_curve_pneumothorax",
+    } <= names
+    markdown = (out / "report.md").read_text()
+    runs = _section(markdown, "## Runs")
+    assert "(control: image-stats)" in runs and "(control: shuffled-label)" in runs
+    assert "25%, 100% x 2 draws" in runs and "whole training fold" in runs
+    assert "(net benefit against risk threshold) at prevalence 0.1." in markdown
+
+
+def test_label_efficiency_numbers_are_the_budget_curve(extended):
+    from probes.analysis.budgets import budget_curve
+
+    out, runs = extended["out"], extended["runs"]
+    table = pd.read_csv(out / "tables" / "budgets_classification_pneumothorax_fraction.csv")
+    assert set(table["run"]) == {"budget-global", "budget-grid16"}
+    run = load_run(runs["budget-global"])
+    curve = budget_curve(run.predictions, n_boot=100, seed=5656)
+    mine = table[table["run"] == "budget-global"].reset_index(drop=True)
+    for column in ("budget", "estimate", "ci_low", "ci_high", "draws"):
+        assert mine[column].tolist() == pytest.approx(curve[column].tolist()), column
+    section = _section((out / "report.md").read_text(), "### Label efficiency: pneumothorax")
+    first = curve.iloc[0]
+    row = _row(section, "budget-global", "25%")
+    assert row[3] == f"{first['estimate']:.3f} [{first['ci_low']:.3f}, {first['ci_high']:.3f}]"
+    paired = pd.read_csv(out / "tables" / "budgets_paired_tests.csv")
+    assert set(zip(paired["a"], paired["b"], paired["budget"], strict=True)) == {
+        ("budget-global", "budget-grid16", 0.25),
+        ("budget-global", "budget-grid16", 1.0),
+    }
+    # the main tables show a budgeted run at its largest budget (draw 0)
+    table = _section((out / "report.md").read_text(), "### Classification: pneumothorax")
+    full = run.results[run.results["budget"] == 1.0]["auroc"]
+    assert _row(table, "budget-global", "AUROC")[2] == format_median_range(full)
+    assert _row(table, "budget-global", "AUROC")[5] == "5"
 
 
 # -- numbers ----------------------------------------------------------------------------------

@@ -176,6 +176,22 @@ def test_the_phantom_example_study_runs_and_its_report_renders(tmp_path):
         assert run.name in html or json.loads((run / "run.json").read_text())["name"] in html
     pngs = list((result.report / "figures").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    # budgets (classification and segmentation), calibration and both controls are in it
+    names = {p.stem for p in pngs}
+    assert {
+        "budgets_classification_pneumothorax_fraction",
+        "budgets_segmentation_fraction",
+        "reliability_pneumothorax",
+        "decision_curve_pneumothorax",
+    } <= names
+    for text in (
+        "<h2 id=",
+        "Label efficiency: paired tests at each budget",
+        "Calibration and operating points",
+        "(control: image-stats)",
+        "(control: shuffled-label)",
+    ):
+        assert text in html, text
 
 
 @pytest.mark.parametrize("name", ["phantom-reference.toml", "siim-acr-reference.toml"])

@@ -25,6 +25,8 @@ import pandas as pd
 
 from probes.analysis.shortcuts import shortcut_probe, shortcut_summary
 from probes.analysis.subgroups import sensitivity_gap, subgroup_table
+from probes.core.budgets import BUDGET_COLUMNS, budget_options, largest_budget, over_budgets
+from probes.core.calibration import check_decision_options, decision_options
 from probes.core.features import binary_labels
 from probes.core.protocol import folds_table, make_split, open_features, provenance
 from probes.core.results import cross_predict, results_table, summary_table
@@ -54,6 +56,10 @@ def run_shortcut(
     threshold: float | str = "youden",
     size_column: str | None = None,
     size_bins: int = 4,
+    budgets: str | Sequence[float] | None = None,
+    budget_draws: int = 1,
+    prevalence: float | None = None,
+    decision_thresholds: Sequence[float] | None = None,
     n_boot: int = 1000,
     root: str | os.PathLike | None = None,
     allow_subset: bool = False,
@@ -71,6 +77,9 @@ def run_shortcut(
             validation rows; the default, since balanced training shifts the prevalence the
             probabilities are calibrated to) or a probability such as 0.5 (the reference's).
         size_column, size_bins: lesion size column and its quantile bins in subgroups.csv.
+        budgets, budget_draws: every probe on cut training folds (see
+            :func:`probes.run_linear`); subgroups.csv and shortcut.json describe the largest
+            budget's draw 0, predictions and results every (budget, draw).
         Other arguments as :func:`probes.run_linear`.
     """
     threshold = parse_threshold(threshold)
@@ -88,7 +97,7 @@ def run_shortcut(
             allow_subset,
             allow_partial,
         ),
-        split=SplitSpec(folds, n_folds, seed, None if not rounds else tuple(rounds), allow_leakage),
+        split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
         probe="LinearProbe",
         options={
@@ -99,6 +108,8 @@ def run_shortcut(
             "threshold": threshold,
             "size_column": size_column,
             "size_bins": size_bins,
+            "prevalence": prevalence,
+            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
         },
         n_boot=n_boot,
     )
@@ -130,35 +141,45 @@ def run_shortcut_spec(spec: RunSpec) -> Run:
     X = pooled_features(fs)
     probe = LinearProbe(Cs=o.get("Cs"), backend=o.get("backend", "auto"))
     common = dict(ids=fs.ids, patient_ids=fs.patient_ids, encoder=fs.key, feature=fs.feature)
-    tube = shortcut_probe(X, confounder, split, name=name, probe=probe, seed=seed, **common)
+
+    def predict(s) -> pd.DataFrame:
+        frames = [shortcut_probe(X, confounder, s, name=name, probe=probe, seed=seed, **common)]
+        if label is not None:
+            frames += [
+                cross_predict(
+                    probe,
+                    X,
+                    label,
+                    s,
+                    label_names=[label_name + suffix],
+                    seed=seed,
+                    balance=balance,
+                    **common,
+                )
+                for suffix, balance in (("", None), (BALANCED_SUFFIX, confounder))
+            ]
+        return pd.concat(frames, ignore_index=True)
+
+    predictions = over_budgets(
+        predict, split, strata=strata, patient_ids=fs.patient_ids, **budget_options(spec.split)
+    )
+    main = largest_budget(predictions).drop(columns=list(BUDGET_COLUMNS), errors="ignore")
+    tube = main[main["label"] == name]
     report: dict[str, object] = {
         "confounder": name,
         "confounder_probe": shortcut_summary(tube, n_boot=n_boot, seed=seed),
     }
-    frames = [tube]
     extras: dict[str, object] = {}
     if label is not None:
-        plain, balanced = (
-            cross_predict(
-                probe,
-                X,
-                label,
-                split,
-                label_names=[label_name + suffix],
-                seed=seed,
-                balance=balance,
-                **common,
-            )
-            for suffix, balance in (("", None), (BALANCED_SUFFIX, confounder))
-        )
-        frames += [plain, balanced]
+        plain = main[main["label"] == label_name]
+        balanced = main[main["label"] == label_name + BALANCED_SUFFIX]
         report.update(
             _label_report(
                 fs, name, label_name, label, confounder, plain, balanced, threshold, n_boot, seed
             )
         )
         extras["subgroups.csv"] = subgroup_table(
-            pd.concat(frames[1:], ignore_index=True),
+            pd.concat([plain, balanced], ignore_index=True),
             fs.table,
             by=[name],
             size_column=o.get("size_column"),
@@ -168,8 +189,7 @@ def run_shortcut_spec(spec: RunSpec) -> Run:
             seed=seed,
         )
     extras["shortcut.json"] = report  # NaN is written as null
-    predictions = pd.concat(frames, ignore_index=True)
-    results = results_table(predictions, n_boot=n_boot, seed=seed)
+    results = results_table(predictions, n_boot=n_boot, seed=seed, **decision_options(o))
     info = provenance(
         spec,
         fs,

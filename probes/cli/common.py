@@ -17,8 +17,10 @@ from probes.core.splits import REFERENCE_SEED
 __all__ = [
     "add_feature_option",
     "add_input_options",
+    "add_decision_options",
     "add_output_options",
     "add_split_options",
+    "decision_kwargs",
     "input_kwargs",
     "output_kwargs",
     "split_kwargs",
@@ -54,8 +56,9 @@ def _feature_name(value: str) -> str:
 
 
 def add_split_options(p: argparse.ArgumentParser, stratified_on: str) -> None:
-    """``--folds``, ``--n-folds``, ``--seed`` and ``--rounds``; ``stratified_on`` says what the
-    patient folds are stratified on, for the help text."""
+    """``--folds``, ``--n-folds``, ``--seed``, ``--rounds`` and the label budgets
+    (``--budgets``, ``--budget-draws``); ``stratified_on`` says what the patient folds (and the
+    budgets' draws) are stratified on, for the help text."""
     p.add_argument(
         "--folds",
         default="patient",
@@ -67,6 +70,37 @@ def add_split_options(p: argparse.ArgumentParser, stratified_on: str) -> None:
     p.add_argument("--seed", type=int, default=REFERENCE_SEED, help="seed (default 5656)")
     p.add_argument(
         "--rounds", type=int, nargs="+", help="run only these rounds, 0-based (default: all)"
+    )
+    p.add_argument(
+        "--budgets",
+        metavar="LIST",
+        help="label-efficiency curve: fractions of each training fold (0.01,0.1,1.0) or images "
+        "per class (1,4,16); drawn by patient, stratified, nested; validation and test untouched",
+    )
+    p.add_argument(
+        "--budget-draws",
+        type=int,
+        default=1,
+        metavar="N",
+        help="independent draws of each budget's training rows (default 1)",
+    )
+
+
+def add_decision_options(p: argparse.ArgumentParser) -> None:
+    """``--prevalence`` and ``--decision-thresholds``: the decision curve of a classification
+    run's net-benefit columns."""
+    p.add_argument(
+        "--prevalence",
+        type=float,
+        help="prevalence for decision-curve net benefit (default: each test fold's own); "
+        "temperature-scaled scores are moved to it by Bayes' rule",
+    )
+    p.add_argument(
+        "--decision-thresholds",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="risk thresholds of the net_benefit_at_T columns (default 0.1)",
     )
 
 
@@ -110,7 +144,14 @@ def split_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "rounds": args.rounds,
         "allow_leakage": args.allow_leakage,
+        "budgets": args.budgets,
+        "budget_draws": args.budget_draws,
     }
+
+
+def decision_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`add_decision_options`."""
+    return {"prevalence": args.prevalence, "decision_thresholds": args.decision_thresholds}
 
 
 def output_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,16 +21,22 @@ def _header(run: Run, what: str) -> str:
 def format_classification(run: Run) -> str:
     """AUROC and AUPRC per label over the rounds, and the CI method."""
     results = run.results
+    budgeted = "budget" in results.columns
     lines = [
         _header(run, run.feature),
-        f"{'label':<20} {'folds':>5}  {'AUROC median [min, max]':<24} {'AUROC mean ± sd':<16}"
-        f"  {'AUPRC median [min, max]':<24}",
+        f"{'label':<20} {'budget  ' if budgeted else ''}{'folds':>5}  "
+        f"{'AUROC median [min, max]':<24} {'AUROC mean ± sd':<16}  {'AUPRC median [min, max]':<24}",
     ]
-    for label, part in results.groupby("label", sort=True):
+    keys = ["label", "budget"] if budgeted else ["label"]
+    for key, part in results.groupby(keys, sort=True):
+        label = key[0]
+        budget = f"{key[1]:<8g}" if budgeted else ""
         lines.append(
-            f"{label:<20} {len(part):>5}  {format_median_range(part['auroc']):<24} "
+            f"{label:<20} {budget}{len(part):>5}  {format_median_range(part['auroc']):<24} "
             f"{format_mean_sd(part['auroc']):<16}  {format_median_range(part['auprc']):<24}"
         )
+    if budgeted:
+        lines.append("budget rows: over rounds x draws (results.csv has one row per draw)")
     if "ci" in results.columns and len(results):
         lines.append(f"per-round CIs in results.csv: {results['ci'].iat[0]}")
     if run.path is not None:
@@ -48,10 +54,14 @@ def format_segmentation(run: Run) -> str:
         f"{'round':>5} {'images':>6}  {'Dice':>6}  {'95% CI':<15} {'median':>6}  {'IoU':>6}  "
         f"{'pooled':>6}  {'epoch':>5}",
     ]
+    budgeted = "budget" in results.columns
+    if budgeted:
+        lines[-1] = f"{'budget':<8} {'draw':>4} " + lines[-1]
     for _, r in results.iterrows():
         ci = f"[{r['dice_ci_low']:.3f}, {r['dice_ci_high']:.3f}]"
+        at = f"{r['budget']:<8g} {r['draw']:>4} " if budgeted else ""
         lines.append(
-            f"{r['round']:>5} {r['images']:>6}  {r['dice']:6.3f}  {ci:<15} "
+            f"{at}{r['round']:>5} {r['images']:>6}  {r['dice']:6.3f}  {ci:<15} "
             f"{r['dice_median']:6.3f}  {r['iou']:6.3f}  {r['dice_pooled']:6.3f}  "
             f"{r['best_epoch']:>5}"
         )

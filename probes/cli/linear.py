@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from probes.cli.common import (
+    add_decision_options,
     add_feature_option,
     add_input_options,
     add_output_options,
     add_split_options,
+    decision_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
@@ -43,6 +45,7 @@ def register(subparsers) -> None:
         "largest subset of its training rows where COL is independent of the label "
         "(one --label; validation and test rows untouched)",
     )
+    add_decision_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -70,5 +73,6 @@ def execute(args: argparse.Namespace):
         device=args.device,
         Cs=args.Cs,
         balance_by=args.balance_by,
+        **decision_kwargs(args),
         **output_kwargs(args),
     )

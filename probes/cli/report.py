@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "report",
         help="Markdown + self-contained HTML report over run folders",
         description="Tables (median [min, max], mean ± sd, bootstrap CIs), paired and rank "
-        "tests between runs on the same folds, ROC curves, subgroups, segmentation overlays "
+        "tests between runs on the same folds, ROC curves, calibration and decision curves, label "
+        "efficiency curves, subgroups, segmentation overlays "
         "and provenance, from the --out folders of probes linear / seg / finetune.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (with run.json)")
@@ -39,6 +40,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--overlays", type=int, default=3, help="best/worst segmentation cases per run (3)"
     )
+    p.add_argument(
+        "--prevalence",
+        type=float,
+        help="prevalence of the decision curves (default: the runs' own --prevalence, else "
+        "each run's test rows')",
+    )
     p.set_defaults(func=run_report)
 
 
@@ -59,6 +66,7 @@ def run_report(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         overlays=args.overlays,
+        prevalence=args.prevalence,
         command=sys.argv,
     )
     print(f"report: {files.markdown}\n        {files.html}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from probes.cli.common import (
+    add_decision_options,
     add_feature_option,
     add_input_options,
     add_output_options,
     add_split_options,
+    decision_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--size-column", help="lesion size column for subgroups.csv (ptx_area_pct)")
     p.add_argument("--size-bins", type=int, default=4, help="size quantile bins (default 4)")
+    add_decision_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -75,6 +78,7 @@ def execute(args: argparse.Namespace):
         threshold=args.threshold,
         size_column=args.size_column,
         size_bins=args.size_bins,
+        **decision_kwargs(args),
         **output_kwargs(args),
     )
 

@@ -158,8 +158,18 @@ def summarize_folds(
 
 def segmentation_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     """The summary of a segmentation run: Dice and IoU per round (test images) summarised over
-    rounds, one row per metric (:func:`summarize_folds`)."""
+    rounds, one row per metric (:func:`summarize_folds`); with budgets, one row per metric x
+    budget, over its rounds x draws."""
     test = predictions[predictions["split"] == "test"]
+    if "budget" in test.columns:
+        test = test.assign(fold_draw=test["round"].astype(str) + "/" + test["draw"].astype(str))
+        return pd.concat(
+            [
+                summarize_folds(test, m, fold="fold_draw", by=["budget"]).assign(metric=m)
+                for m in ("dice", "iou")
+            ],
+            ignore_index=True,
+        )
     return pd.concat(
         [summarize_folds(test, m, fold="round").assign(metric=m) for m in ("dice", "iou")],
         ignore_index=True,

@@ -22,6 +22,7 @@ from sklearn.base import clone
 
 from probes.core.balance import balanced_rows
 from probes.core.bootstrap import CI_METHOD, clustered_ci
+from probes.core.calibration import calibrated_scores, calibration_metrics
 from probes.core.metrics import classification_metrics, summarize
 from probes.core.splits import Split
 
@@ -43,6 +44,7 @@ PREDICTION_COLUMNS = (
     "label",
     "truth",
     "score",
+    "score_calibrated",
     "C",
     "encoder",
     "feature",
@@ -107,7 +109,9 @@ def cross_predict(
             validation and test rows are untouched. ``params`` then carries ``"balanced": true``.
 
     Returns the predictions table (:data:`PREDICTION_COLUMNS`), ordered by round, label,
-    split (val before test) and row. ``truth`` is 1 for the positive (larger) class.
+    split (val before test) and row. ``truth`` is 1 for the positive (larger) class;
+    ``score_calibrated`` is ``score`` temperature-scaled on the round's validation rows
+    (:func:`probes.core.calibration.calibrated_scores`; the same ranking).
     """
     Y = np.asarray(Y)
     Y2 = Y.reshape(len(Y), -1)
@@ -170,22 +174,44 @@ def cross_predict(
     ).reset_index(drop=True)
     table["encoder"], table["feature"], table["probe"] = encoder, feature, name
     table["params"], table["seed"] = params, -1 if seed is None else int(seed)
+    table["score_calibrated"] = calibrated_scores(table)
     return table[list(PREDICTION_COLUMNS)]
 
 
-def results_table(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per (label, round): test metrics, Youden threshold from the round's validation
-    rows, 95% CIs of AUROC and AUPRC over the round's test rows by the patient bootstrap
+def results_table(
+    predictions: pd.DataFrame,
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    prevalence: float | None = None,
+    decision_thresholds: Sequence[float] = (0.1,),
+) -> pd.DataFrame:
+    """One row per (label, round) (x budget x draw, when the predictions have budgets): test
+    metrics, Youden threshold from the round's validation rows, 95% CIs of AUROC and AUPRC
+    over the round's test rows by the patient bootstrap
     (:func:`probes.core.bootstrap.clustered_ci`, seed ``seed + round``; with one image per
-    patient, the image bootstrap), the CI's method in words, and provenance."""
+    patient, the image bootstrap), the calibration and operating-point columns of
+    :func:`probes.core.calibration.calibration_metrics` (temperature and thresholds from the
+    validation rows; net benefit at ``prevalence`` and ``decision_thresholds``), the CI's
+    method in words, and provenance."""
     rows = []
-    for (label, round_), part in predictions.groupby(["label", "round"], sort=True):
+    budgeted = "budget" in predictions.columns
+    keys = ["label", "round", *(["budget", "draw"] if budgeted else [])]
+    for key, part in predictions.groupby(keys, sort=True):
+        label, round_ = key[0], key[1]
         test, val = part[part["split"] == "test"], part[part["split"] == "val"]
+        y_val = val["truth"].to_numpy() if len(val) else None
+        p_val = val["score"].to_numpy() if len(val) else None
         metrics = classification_metrics(
+            test["truth"].to_numpy(), test["score"].to_numpy(), y_val, p_val
+        )
+        calibration = calibration_metrics(
             test["truth"].to_numpy(),
             test["score"].to_numpy(),
-            val["truth"].to_numpy() if len(val) else None,
-            val["score"].to_numpy() if len(val) else None,
+            y_val,
+            p_val,
+            prevalence=prevalence,
+            decision_thresholds=decision_thresholds,
         )
         cis = clustered_ci(
             test["truth"].to_numpy(),
@@ -196,15 +222,22 @@ def results_table(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
         )
         (lo, hi), (plo, phi) = cis["auroc"], cis["auprc"]
         first = part.iloc[0]
+        budget = (
+            {"budget": float(key[2]), "draw": int(key[3]), "n_train": int(first.get("n_train", -1))}
+            if budgeted
+            else {}
+        )
         rows.append(
             {
                 "label": label,
                 "round": int(round_),
+                **budget,
                 **metrics,
                 "auroc_ci_low": lo,
                 "auroc_ci_high": hi,
                 "auprc_ci_low": plo,
                 "auprc_ci_high": phi,
+                **calibration,
                 "ci": f"{CI_METHOD} ({n_boot})",
                 "C": first["C"],
                 "encoder": first["encoder"],
@@ -219,10 +252,13 @@ def results_table(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) 
 def summary_table(
     results: pd.DataFrame, metrics: Sequence[str] = ("auroc", "auprc")
 ) -> pd.DataFrame:
-    """One row per label: mean, sd, median, min, max of each metric over the rounds."""
+    """One row per label (x budget, when the results have budgets): mean, sd, median, min,
+    max of each metric over the rounds (and draws: ``rounds`` counts round x draw rows)."""
     rows = []
-    for label, part in results.groupby("label", sort=True):
-        row: dict[str, object] = {"label": label, "rounds": len(part)}
+    keys = ["label", *(["budget"] if "budget" in results.columns else [])]
+    for key, part in results.groupby(keys, sort=True):
+        row: dict[str, object] = dict(zip(keys, key, strict=True))
+        row["rounds"] = len(part)
         for metric in metrics:
             for stat, value in summarize(part[metric]).items():
                 row[f"{metric}_{stat}"] = value

@@ -85,13 +85,51 @@ class Inputs:
 class SplitSpec:
     """The cross-validation: ``folds`` is ``patient`` (stratified, grouped by patient id),
     ``reference`` (the study's seeded rotation) or a manifest column; ``rounds`` runs a subset
-    (0-based); ``allow_leakage`` warns instead of failing on a patient in two roles."""
+    (0-based); ``allow_leakage`` warns instead of failing on a patient in two roles.
+
+    ``budgets`` (ascending; ``None``: the whole training fold) cut every round's training rows
+    to fractions (``budget_unit`` ``fraction``) or images per class (``count``), drawn
+    ``budget_draws`` times by patient, stratified and nested (:mod:`probes.core.budgets`).
+    """
 
     folds: str = "patient"
     n_folds: int = 5
     seed: int = REFERENCE_SEED
     rounds: tuple[int, ...] | None = None
     allow_leakage: bool = False
+    budgets: tuple[float, ...] | None = None
+    budget_unit: str = "fraction"
+    budget_draws: int = 1
+
+    @classmethod
+    def make(
+        cls,
+        folds: str = "patient",
+        n_folds: int = 5,
+        seed: int = REFERENCE_SEED,
+        rounds=None,
+        allow_leakage: bool = False,
+        budgets=None,
+        budget_draws: int = 1,
+        budget_unit: str | None = None,
+    ) -> SplitSpec:
+        """A SplitSpec from a run function's keywords: ``rounds`` any sequence, ``budgets``
+        text (``"0.1,1.0"``, ``"4,16"``) or numbers (:func:`probes.core.budgets.parse_budgets`)."""
+        from probes.core.budgets import parse_budgets
+
+        values, unit = parse_budgets(budgets, budget_unit)
+        if budget_draws < 1:
+            raise ValueError(f"budget_draws must be at least 1, got {budget_draws}")
+        return cls(
+            folds,
+            n_folds,
+            seed,
+            None if not rounds else tuple(int(r) for r in rounds),
+            allow_leakage,
+            values,
+            unit,
+            int(budget_draws),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,8 +168,9 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
         split = dict(data.get("split") or {})
-        if split.get("rounds") is not None:
-            split["rounds"] = tuple(split["rounds"])
+        for key in ("rounds", "budgets"):
+            if split.get(key) is not None:
+                split[key] = tuple(split[key])
         task = dict(data["task"])
         task["labels"] = tuple(task.get("labels") or ())
         return cls(

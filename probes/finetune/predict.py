@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from probes.core.calibration import calibrated_scores
 from probes.core.results import PREDICTION_COLUMNS as CLASSIFICATION_COLUMNS
 from probes.core.results import row_frame
 from probes.core.splits import Split
@@ -90,6 +91,7 @@ def classification_rows(
         PROBE_NAME,
     )
     table["params"], table["seed"] = provenance.params_json(), provenance.seed
+    table["score_calibrated"] = calibrated_scores(table)  # the round's val rows, as the probes
     return table[list(CLASSIFICATION_COLUMNS)]
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from probes.core.budgets import budget_options, over_budgets
+from probes.core.calibration import check_decision_options, decision_options
 from probes.core.features import FeatureSet, binary_labels
 from probes.core.protocol import folds_table, make_split, open_features, provenance
 from probes.core.results import cross_predict, results_table, summary_table
@@ -42,6 +44,10 @@ def run_linear(
     device: str | None = None,
     Cs: Sequence[float] | None = None,
     balance_by: str | None = None,
+    budgets: str | Sequence[float] | None = None,
+    budget_draws: int = 1,
+    prevalence: float | None = None,
+    decision_thresholds: Sequence[float] | None = None,
     n_boot: int = 1000,
     root: str | os.PathLike | None = None,
     allow_subset: bool = False,
@@ -66,6 +72,12 @@ def run_linear(
         backend, dtype, device, Cs: the logistic probe's solver settings.
         balance_by: a binary confounder column: each round trains on the largest subset of its
             training rows where the confounder is independent of the label.
+        budgets, budget_draws: label-efficiency curve: fractions of each training fold
+            (``"0.01,0.1,1.0"``) or images per class (``"1,4,16"``), drawn ``budget_draws``
+            times by patient, stratified and nested (:mod:`probes.core.budgets`); results per
+            (budget, draw). Validation and test rows are untouched.
+        prevalence, decision_thresholds: the decision curve's prevalence (default: each test
+            fold's own) and the risk thresholds of the ``net_benefit_at_*`` columns (0.1).
         n_boot: bootstrap resamples of each CI (over patients; see probes.core.bootstrap).
         progress: a progress bar over rounds.
     """
@@ -81,7 +93,7 @@ def run_linear(
             allow_subset,
             allow_partial,
         ),
-        split=SplitSpec(folds, n_folds, seed, None if not rounds else tuple(rounds), allow_leakage),
+        split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
         probe="LinearProbe" if mode == "logistic" else "SGDHeadProbe",
         options={
@@ -91,6 +103,8 @@ def run_linear(
             "device": device,
             "Cs": None if Cs is None else [float(c) for c in Cs],
             "balance_by": balance_by,
+            "prevalence": prevalence,
+            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
         },
         n_boot=n_boot,
     )
@@ -126,8 +140,16 @@ def run_linear_spec(
     else:
         probe = SGDHeadProbe(random_state=spec.split.seed, device=options.get("device") or "cpu")
         backend = "torch"
-    predictions = _cross_predict(probe, X, Y, split, fs, spec, balance, progress, on_round)
-    results = results_table(predictions, n_boot=spec.n_boot, seed=spec.split.seed)
+    predictions = over_budgets(
+        lambda s: _cross_predict(probe, X, Y, s, fs, spec, balance, progress, on_round),
+        split,
+        strata=Y,
+        patient_ids=fs.patient_ids,
+        **budget_options(spec.split),
+    )
+    results = results_table(
+        predictions, n_boot=spec.n_boot, seed=spec.split.seed, **decision_options(spec.options)
+    )
     info = provenance(
         spec,
         fs,

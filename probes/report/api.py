@@ -22,7 +22,8 @@ def report(
     Args:
         runs: runs (in memory or written) and/or run folders.
         options: :func:`probes.report.build.build_report`'s (``manifest``, ``subgroups``,
-            ``size_column``, ``size_bins``, ``title``, ``n_boot``, ``seed``, ``overlays``).
+            ``size_column``, ``size_bins``, ``title``, ``n_boot``, ``seed``, ``overlays``,
+            ``prevalence``).
     """
     from pathlib import Path
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from embedcache.intake.manifest import Manifest, load_manifest
+from probes.report.budgets import budget_sections, full_budget_view
+from probes.report.calibration import calibration_sections, report_prevalence
 from probes.report.figures import overlay_figure, subgroup_figure
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
 from probes.report.render import Section, Table, Text, render_html, render_markdown
@@ -56,6 +58,7 @@ def build_report(
     n_boot: int = 1000,
     seed: int = 5656,
     overlays: int = 3,
+    prevalence: float | None = None,
     command: Sequence[str] | None = None,
 ) -> ReportFiles:
     """Write the report of ``runs`` into folder ``out``.
@@ -69,6 +72,8 @@ def build_report(
             bins among positives.
         n_boot: bootstrap resamples for CIs and paired tests. seed: their seed.
         overlays: best and worst cases per segmentation run with saved masks (0: none).
+        prevalence: the decision curves' prevalence (default: the runs' own ``--prevalence``
+            when they agree, else each run's test rows').
         command: the report's own command line, for the provenance block.
     """
     if not runs:
@@ -77,15 +82,18 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     sink = Sink(folder)
     manifests = _Manifests(manifest)
+    views = [full_budget_view(run) for run in runs]  # budgeted runs: their largest budget
     sections: list[Section] = [runs_section(runs, sink)]
-    sections += metric_sections(runs, sink, n_boot=n_boot, seed=seed)
-    sections += comparison_sections(runs, sink, n_boot=n_boot, seed=seed)
+    sections += metric_sections(views, sink, n_boot=n_boot, seed=seed)
+    sections += calibration_sections(views, sink, prevalence=report_prevalence(runs, prevalence))
+    sections += budget_sections(runs, sink, n_boot=n_boot, seed=seed)
+    sections += comparison_sections(views, sink, n_boot=n_boot, seed=seed)
     if subgroups or size_column:
         sections += subgroup_sections(
-            runs, sink, manifests, list(subgroups), size_column, size_bins, n_boot, seed
+            views, sink, manifests, list(subgroups), size_column, size_bins, n_boot, seed
         )
-    if overlays > 0 and any(run.has_masks for run in runs):
-        sections.append(overlay_section(runs, sink, manifests, overlays))
+    if overlays > 0 and any(run.has_masks for run in views):
+        sections.append(overlay_section(views, sink, manifests, overlays))
     sections.append(provenance_section(runs, sink, command))
     heading = title or f"Probe report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     markdown = folder / "report.md"

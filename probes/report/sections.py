@@ -78,7 +78,10 @@ def runs_section(runs: Sequence[Run], sink: Sink) -> Section:
     return Section("Runs").add(
         Text(
             "One row per run folder (named by its folder). `images`: distinct images on a test "
-            "fold; `split`: how folds were made (`patient`: grouped by patient, stratified)."
+            "fold; `split`: how folds were made (`patient`: grouped by patient, stratified). "
+            "Control baselines (`probes control`) are marked in `probe`: `image-stats` probes "
+            "intensity histogram, image size and metadata without any encoder, "
+            "`shuffled-label` an encoder's features with permuted training labels (the floor)."
         ),
         Table(frame, csv=sink.table(frame, "runs")),
     )

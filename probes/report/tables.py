@@ -43,21 +43,36 @@ DIGITS = 3
 
 
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: name, task, encoder key, probe, features, split, rounds, test images."""
+    """One row per run: name, task, encoder key, probe (and the control it is), features,
+    split, rounds, test images, and the training budgets when a run has them."""
+    from probes.core.budgets import budget_label
+
     rows = []
+    budgeted = any(run.spec is not None and run.spec.split.budgets for run in runs)
     for run in runs:
         split = run.split
+        control = run.info.get("control")
+        extra = {}
+        if budgeted:
+            s = run.spec.split if run.spec is not None else None
+            extra["budgets"] = (
+                ", ".join(budget_label(b, s.budget_unit) for b in s.budgets)
+                + f" x {s.budget_draws} draw{'s' if s.budget_draws != 1 else ''}"
+                if s is not None and s.budgets
+                else "whole training fold"
+            )
         rows.append(
             {
                 "run": run.name,
                 "task": run.task,
                 "encoder": run.encoder,
-                "probe": run.probe,
+                "probe": f"{run.probe} (control: {control})" if control else run.probe,
                 "features": run.feature,
                 "labels": ", ".join(run.labels) or str(run.info.get("mask", "")),
                 "split": f"{split.get('kind', '?')} (seed {split.get('seed', '?')})",
                 "rounds": int(split.get("rounds") or run.results["round"].nunique()),
                 "images": run.images,
+                **extra,
             }
         )
     return pd.DataFrame(rows)

@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from probes.core.bootstrap import clustered_mean_ci
+from probes.core.budgets import budget_options, over_budgets
 from probes.core.metrics import segmentation_summary
 from probes.core.protocol import folds_table, make_split, open_features, provenance
 from probes.core.results import ROW_COLUMNS, row_frame
@@ -147,19 +148,29 @@ def cross_validate_segmentation(
 
 
 def results_by_round(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per round (test images): mean and median Dice, bootstrap 95% CI of the mean
-    over images (clustered by patient), mean IoU, pooled Dice, and provenance."""
+    """One row per round (x budget x draw, when the predictions have budgets; test images):
+    mean and median Dice, bootstrap 95% CI of the mean over images (clustered by patient),
+    mean IoU, pooled Dice, and provenance."""
     rows = []
     test = predictions[predictions["split"] == "test"]
-    for round_, part in test.groupby("round", sort=True):
+    budgeted = "budget" in test.columns
+    keys = ["round", *(["budget", "draw"] if budgeted else [])]
+    for key, part in test.groupby(keys, sort=True):
+        round_ = key[0]
         dice = part["dice"].to_numpy(float)
         low, high = clustered_mean_ci(
             dice, part["patient_id"].to_numpy(), n_boot=n_boot, seed=seed + int(round_)
         )
         first = part.iloc[0]
+        budget = (
+            {"budget": float(key[1]), "draw": int(key[2]), "n_train": int(first.get("n_train", -1))}
+            if budgeted
+            else {}
+        )
         rows.append(
             {
                 "round": int(round_),
+                **budget,
                 "images": len(part),
                 "scored": int(np.isfinite(dice).sum()),
                 "dice": float(np.nanmean(dice)),
@@ -198,6 +209,8 @@ def run_seg(
     probe_params: Mapping[str, Any] | None = None,
     both_empty: BothEmpty = "one",
     save_masks: bool = False,
+    budgets: str | Sequence[float] | None = None,
+    budget_draws: int = 1,
     n_boot: int = 1000,
     root: str | os.PathLike | None = None,
     allow_subset: bool = False,
@@ -225,6 +238,9 @@ def run_seg(
             reference's); ``seed`` is the split seed.
         both_empty: Dice of an image with empty truth and prediction: ``one`` or ``exclude``.
         save_masks: keep each predicted mask as SIIM RLE (for the report's overlays).
+        budgets, budget_draws: label-efficiency curve (see :func:`probes.run_linear`): the
+            training images of each round cut by patient, stratified on empty vs non-empty
+            masks, nested; results per (budget, draw).
     """
     params = dict(REFERENCE_PARAMS) if reference else {}
     params.pop("seed", None)
@@ -245,7 +261,7 @@ def run_seg(
             allow_subset,
             allow_partial,
         ),
-        split=SplitSpec(folds, n_folds, seed, None if not rounds else tuple(rounds), allow_leakage),
+        split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(SEGMENTATION, mask=mask),
         probe="SegmentationProbe",
         params=params,
@@ -289,17 +305,24 @@ def run_seg_spec(spec: RunSpec, *, progress: bool = False) -> Run:
         width_column=options.get("width_column"),
         progress=progress,
     )
-    split = make_split(fs, spec.split, strata=(masks.area() > 0).astype(np.int64))
+    strata = (masks.area() > 0).astype(np.int64)
+    split = make_split(fs, spec.split, strata=strata)
     with tqdm(total=len(split), desc=f"probes seg {fs.key}", disable=not progress) as bar:
-        predictions = cross_validate_segmentation(
-            probe,
-            fs,
-            masks,
+        predictions = over_budgets(
+            lambda s: cross_validate_segmentation(
+                probe,
+                fs,
+                masks,
+                s,
+                mask_column=mask_column,
+                both_empty=options.get("both_empty", "one"),
+                save_masks=bool(options.get("save_masks")),
+                on_round=lambda _: bar.update(),
+            ),
             split,
-            mask_column=mask_column,
-            both_empty=options.get("both_empty", "one"),
-            save_masks=bool(options.get("save_masks")),
-            on_round=lambda _: bar.update(),
+            strata=strata,
+            patient_ids=fs.patient_ids,
+            **budget_options(spec.split),
         )
     results = results_by_round(predictions, n_boot=spec.n_boot, seed=spec.split.seed)
     info = provenance(

@@ -8,6 +8,8 @@
     folds = "reference"                  # patient | reference | a manifest column
     n_folds = 5
     seeds = [5656]
+    budgets = [0.1, 0.5, 1.0]            # optional: label-efficiency curve for every probe
+    budget_draws = 3                     #   (fractions, or whole numbers: images per class)
 
     [cohorts.phantom]
     manifest = "cohort/manifest.csv"     # relative to `out` when `phantom` generates it,
@@ -48,9 +50,19 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["Cohort", "EncoderEntry", "Protocol", "Study", "StudyError", "Task", "load_study"]
 
 #: `probes` subcommands a protocol may name, and whether they read the store.
-COMMANDS = {"linear": True, "seg": True, "shortcut": True, "finetune": False}
+COMMANDS = {"linear": True, "seg": True, "shortcut": True, "control": True, "finetune": False}
 _TABLE_KEYS = {
-    "study": {"name", "out", "folds", "n_folds", "seeds", "n_boot", "report"},
+    "study": {
+        "name",
+        "out",
+        "folds",
+        "n_folds",
+        "seeds",
+        "n_boot",
+        "report",
+        "budgets",
+        "budget_draws",
+    },
     "cohort": {"manifest", "store", "root", "phantom"},
     "encoder": {"spec", "weights", "batch_size", "seed", "extract_options"},
     "protocol": {"command", "options"},
@@ -120,6 +132,8 @@ class Study:
     protocols: dict[str, Protocol]
     tasks: dict[str, Task]
     report: dict[str, Any] = field(default_factory=dict)
+    budgets: str | None = None
+    budget_draws: int = 1
 
 
 def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Study:
@@ -155,6 +169,10 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
     seeds = head.get("seeds", [5656])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise StudyError(f"{where} [study] seeds: a non-empty list of integers, got {seeds!r}")
+    budgets = _budgets(head.get("budgets"), f"{where} [study] budgets")
+    draws = head.get("budget_draws", 1)
+    if not isinstance(draws, int) or draws < 1:
+        raise StudyError(f"{where} [study] budget_draws: a whole number >= 1, got {draws!r}")
     return Study(
         name=str(head.get("name", path.stem)),
         source=path,
@@ -168,7 +186,23 @@ def load_study(path: str | os.PathLike, out: str | os.PathLike | None = None) ->
         protocols=protocols,
         tasks=tasks,
         report=dict(head.get("report", {})),
+        budgets=budgets,
+        budget_draws=draws,
     )
+
+
+def _budgets(value: Any, where: str) -> str | None:
+    """The study's budgets as the text ``--budgets`` takes (``"0.1,0.5,1.0"``, ``"4,16"``)."""
+    if value is None:
+        return None
+    from probes.core.budgets import parse_budgets
+
+    text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    try:
+        parse_budgets(text)
+    except ValueError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    return text
 
 
 def _table(raw: dict, key: str, where: str) -> dict:

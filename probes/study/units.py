@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probes.study.config import Study, Task
+from probes.study.config import COMMANDS, Study, Task
 
 __all__ = ["Unit", "option_flags", "plan_units"]
 
@@ -86,7 +86,12 @@ def unit_definition(study: Study, unit: Unit) -> dict[str, Any]:
             "options": task.options.get(protocol.command, {}),
         },
         "protocol": {"command": protocol.command, "options": protocol.options},
-        "split": {"folds": study.folds, "n_folds": study.n_folds, "seed": unit.seed},
+        "split": {
+            "folds": study.folds,
+            "n_folds": study.n_folds,
+            "seed": unit.seed,
+            **_study_budgets(study, protocol.command),
+        },
         "n_boot": study.n_boot,
     }
 
@@ -149,7 +154,10 @@ def unit_argv(
         *("--seed", str(unit.seed), "--rounds", str(unit.round)),
         *("--n-boot", str(study.n_boot), "--out", str(out), "--quiet"),
     ]
-    # Protocol options, then the task's options for this command (e.g. seg class weights).
+    # The study's budgets, protocol options, then the task's options for this command (e.g.
+    # seg class weights): later flags win.
+    budgets = _study_budgets(study, protocol.command)
+    argv += option_flags({k.replace("_", "-"): v for k, v in budgets.items()})
     argv += option_flags(protocol.options)
     argv += option_flags(task.options.get(protocol.command, {}))
     return argv
@@ -196,10 +204,19 @@ def unit_args(
         n_boot=study.n_boot,
         out=str(out),
         quiet=True,
+        **_study_budgets(study, protocol.command),
     )
     # Protocol options, then the task's options for this command (e.g. seg class weights).
     options = {**protocol.options, **task.options.get(protocol.command, {})}
     return command_namespace(protocol.command, values, options)
+
+
+def _study_budgets(study: Study, command: str) -> dict[str, Any]:
+    """``[study] budgets`` / ``budget_draws`` for a command that takes them (every probe on
+    the store; not the fine-tune), as run-function keywords; empty without budgets."""
+    if study.budgets is None or not COMMANDS[command]:
+        return {}
+    return {"budgets": study.budgets, "budget_draws": study.budget_draws}
 
 
 def clear_partial(folder: Path) -> Path:
