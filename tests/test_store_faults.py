@@ -152,11 +152,11 @@ def test_a_full_disk_stops_in_one_line_and_resumes_bitwise(
         counts = group.counts()
     assert 0 < done.sum() < len(done), "the disk filled up during the extraction"
     assert f"{done.sum()} of 21 rows done" in err  # the kept rows, from the flags
-    # The recorded count is bumped after each shard's flags: where the disk fills decides whether
-    # the last bump fitted (the group's metadata size moves that point), so it may lag the flags,
-    # never lead them, and the run is still marked as writing (counts a lower bound) until the
-    # resume recounts them exactly (asserted below).
-    assert counts.done <= done.sum() and not counts.exact
+    # The recorded count is bumped after each shard's flags, and the stopped run records exact
+    # counts when the metadata still fits. Where a real disk fills decides whether it does (the
+    # group's metadata size moves that point): then the count may lag the flags, never lead them,
+    # and stays marked as a lower bound until the resume recounts it (asserted below).
+    assert counts.done == done.sum() if counts.exact else counts.done <= done.sum()
     got = _contents(store)
     for name in FEATURE_ARRAYS:  # every finished shard is kept, whole
         np.testing.assert_array_equal(got[0][name][done], reference[0][name][done])
