@@ -32,8 +32,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from probes.linear.probe import LinearProbe
 from probes.core.splits import reference_rotation
+from probes.linear.probe import LinearProbe
 
 CS = np.logspace(-4, 2, 10)
 

@@ -6,9 +6,11 @@ import argparse
 
 from probes.cli.common import (
     add_feature_option,
+    add_grounding_options,
     add_input_options,
     add_output_options,
     add_split_options,
+    grounding_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
@@ -43,6 +45,12 @@ def register(subparsers) -> None:
         "largest subset of its training rows where COL is independent of the label "
         "(one --label; validation and test rows untouched)",
     )
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="keep each test image's patch logits (a --feature grid): patch_maps.parquet",
+    )
+    add_grounding_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -70,5 +78,7 @@ def execute(args: argparse.Namespace):
         device=args.device,
         Cs=args.Cs,
         balance_by=args.balance_by,
+        save_maps=args.save_maps,
+        **grounding_kwargs(args),
         **output_kwargs(args),
     )

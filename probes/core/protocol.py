@@ -113,5 +113,3 @@ def provenance(spec: RunSpec, fs: FeatureSet, split: Split, **fields: Any) -> di
 
 def _resolved(store: str) -> str:
     return store if "://" in store else str(Path(store).resolve())
-
-
