@@ -78,3 +78,33 @@ def planted_tokens(
         }
     ).to_csv(manifest, index=False)
     return store, manifest, label
+
+
+def planted_vectors(folder: Path, kind: str, n: int = 600, seed: int = 0) -> tuple[Path, Path]:
+    """Global vectors with a planted label the linear probe cannot read.
+
+    ``xor``: 8 standard normal features, the label is ``x0 > 0`` XOR ``x1 > 0``.
+    ``clusters``: 8 clusters on a circle in the first two features (plus 6 noise features),
+    alternately positive and negative: each cluster is pure, no direction separates them.
+    Returns ``(store, manifest)`` with label column ``finding``.
+    """
+    from test_probes_features import write_manifest, write_store
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8))
+    if kind == "xor":
+        label = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(int)
+    elif kind == "clusters":
+        cluster = rng.integers(0, 8, n)
+        angle = 2 * np.pi * cluster / 8
+        X[:, :2] = 4 * np.column_stack([np.cos(angle), np.sin(angle)]) + 0.4 * X[:, :2]
+        label = cluster % 2
+    else:
+        raise ValueError(kind)
+    ids = np.array([f"v{i:04d}" for i in range(n)])
+    store = folder / f"{kind}.zarr"
+    write_store(store, ids, X.astype(np.float32))
+    manifest = write_manifest(
+        folder / f"{kind}.csv", ids, [f"p{i}" for i in range(n)], finding=label
+    )
+    return store, manifest

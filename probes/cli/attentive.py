@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-2)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (20)")
-    p.add_argument("--device", default="auto", help="torch device (auto: CUDA when present)")
+    p.add_argument("--device", help="torch device (default auto: CUDA when present)")
     p.add_argument(
         "--no-maps", action="store_true", help="do not keep the patch maps (patch_maps.parquet)"
     )

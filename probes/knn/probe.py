@@ -89,8 +89,10 @@ class KNNProbe(_BinaryProbe):
     def _votes(self, sims: np.ndarray, index: np.ndarray) -> np.ndarray:
         """``(m, K, labels)`` weighted positive share among the first 1..K neighbours."""
         weights = np.exp((sims - sims[:, :1]) / self.temperature)  # best first: max is col 0
+        weights = weights.astype(np.float64)
         positive = weights[:, :, None] * self.Y_[index]  # (m, K, labels)
-        return np.cumsum(positive, axis=1) / np.cumsum(weights, axis=1)[:, :, None]
+        share = np.cumsum(positive, axis=1) / np.cumsum(weights, axis=1)[:, :, None]
+        return np.clip(share, 0.0, 1.0)  # float rounding can leave a share a hair above 1
 
     def _score(self, sims, index, Y) -> np.ndarray:
         """``(labels, len(ks_))`` validation score of each k."""
