@@ -18,6 +18,7 @@ import pandas as pd
 
 from embedcache.intake.manifest import Manifest, load_manifest
 from probes.report.figures import overlay_figure, subgroup_figure
+from probes.report.grounding import grounding_section, has_maps
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
 from probes.report.render import Section, Table, Text, render_html, render_markdown
 from probes.report.runs import CLASSIFICATION, Run
@@ -68,7 +69,8 @@ def build_report(
         size_column: a numeric manifest column (lesion size) cut into ``size_bins`` quantile
             bins among positives.
         n_boot: bootstrap resamples for CIs and paired tests. seed: their seed.
-        overlays: best and worst cases per segmentation run with saved masks (0: none).
+        overlays: best and worst cases per segmentation run with saved masks (0: none), and
+            the number of images in each run's patch-map figure (at least 1).
         command: the report's own command line, for the provenance block.
     """
     if not runs:
@@ -86,6 +88,10 @@ def build_report(
         )
     if overlays > 0 and any(run.has_masks for run in runs):
         sections.append(overlay_section(runs, sink, manifests, overlays))
+    if any(has_maps(run) for run in runs):
+        sections.append(
+            grounding_section(runs, sink, manifests, max(overlays, 1), n_boot=n_boot, seed=seed)
+        )
     sections.append(provenance_section(runs, sink, command))
     heading = title or f"Probe report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     markdown = folder / "report.md"
