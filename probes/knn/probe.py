@@ -35,7 +35,7 @@ class KNNProbe(_BinaryProbe):
             leave-one-out on the training rows. Values above the training rows are dropped.
         k: a fixed k (no choice).
         temperature: ``T`` of the vote weights ``exp(similarity / T)``.
-        block_mb: memory of one block of similarities during search.
+        block_mb: memory of one block of similarities during search (MB).
         device: ``None`` (numpy, CPU) or a torch device (``cuda``...).
 
     Attributes:

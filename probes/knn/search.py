@@ -2,9 +2,10 @@
 
 Queries are taken a block at a time; each block's similarities to every base row
 (``block x n`` float32, at most ``block_mb``) are reduced to their top ``k`` before the next
-block, so 100,000 x 1,024 base vectors (400 MB) are searched with a few hundred MB more, not the
-40 GB a full similarity matrix of them would take. numpy (CPU BLAS) by default; torch on any
-device (``device="cuda"``), the base copied to the device once::
+block, so 100,000 x 1,024 base vectors (400 MB) are searched with a block more, not the 40 GB
+a full similarity matrix of them would take. On the CPU (``device=None``) the products are
+numpy's BLAS and the selection ``torch.topk`` (``np.argpartition`` took a third of the time
+here); on a torch device (``device="cuda"``) both run there, the base copied once::
 
     base = normalize_rows(X_train)
     sims, index = cosine_topk(normalize_rows(X_test), base, k=200)   # (m, 200) each, best first
@@ -16,8 +17,9 @@ import numpy as np
 
 __all__ = ["BLOCK_MB", "cosine_topk", "normalize_rows"]
 
-#: Default memory for one block of similarities (and its selection indices), in MB.
-BLOCK_MB = 64
+#: Default memory for one block of similarities, in MB (float32: 128 MB is 335 queries
+#: against 100,000 rows, enough for BLAS to run at full speed).
+BLOCK_MB = 128
 
 
 def normalize_rows(X: np.ndarray) -> np.ndarray:
@@ -52,8 +54,7 @@ def cosine_topk(
     k = int(min(k, n - (exclude is not None)))
     if k < 1:
         raise ValueError(f"k-NN needs at least one base row to choose from (n={n})")
-    # a block's similarities are float32, its selection int64: 12 bytes a cell
-    block = max(1, int(block_mb * 2**20 // (12 * max(n, 1))))
+    block = max(1, int(block_mb * 2**20 // (4 * max(n, 1))))  # float32 similarities
     sims = np.empty((len(queries), k), np.float32)
     index = np.empty((len(queries), k), np.int64)
     search = _numpy_block if device is None else _torch_search(base, device)
@@ -65,16 +66,13 @@ def cosine_topk(
 
 
 def _numpy_block(queries, base, k, skip):
-    S = queries @ base.T  # (b, n) float32
+    import torch
+
+    S = queries @ base.T  # (b, n) float32, numpy's BLAS
     if skip is not None:
         S[np.arange(len(S)), skip] = -np.inf
-    if k < S.shape[1]:
-        top = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
-    else:
-        top = np.broadcast_to(np.arange(S.shape[1]), S.shape).copy()
-    values = np.take_along_axis(S, top, axis=1)
-    order = np.lexsort((top, -values), axis=1)  # best first; ties by row number
-    return np.take_along_axis(values, order, 1), np.take_along_axis(top, order, 1)
+    values, top = torch.topk(torch.from_numpy(S), k, dim=1, largest=True, sorted=True)
+    return values.numpy(), top.numpy()
 
 
 def _torch_search(base: np.ndarray, device: str):
