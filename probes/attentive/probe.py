@@ -61,8 +61,8 @@ class AttentiveProbe(ClassifierMixin, BaseEstimator):
         standardize: scale tokens per channel (statistics from ``stats_images`` images).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``...
         prefetch: minibatches read ahead by a background thread (0: none).
-        num_threads: torch CPU threads while fitting/predicting (``None``: one per core, less
-            one for the reading thread; the step runs its two halves on two threads itself).
+        num_threads: torch CPU threads while fitting/predicting (``None``: 1, since the CPU step
+            runs the two halves of each minibatch on two threads of its own).
         seed: initialisation, shuffling and the held-out split.
         verbose: a progress bar over epochs.
 

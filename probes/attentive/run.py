@@ -29,7 +29,7 @@ from sklearn.base import clone
 from probes.analysis.grounding import grounding_extras
 from probes.core.features import binary_labels
 from probes.core.grids import StoreGrids, grid_names
-from probes.core.patchmaps import maps_frame
+from probes.core.patchmaps import PATCH_MAPS, maps_frame
 from probes.core.protocol import make_split, open_features
 from probes.core.results import PREDICTION_COLUMNS, row_frame
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
@@ -191,8 +191,8 @@ def run_attentive_spec(
     extras: dict[str, Any] = {}
     if maps and (options.get("save_maps", True) or options.get("grounding_mask")):
         extras = grounding_extras(fs, pd.concat(maps, ignore_index=True), options)
-        if not options.get("save_maps", True):
-            extras = {k: v for k, v in extras.items() if not k.endswith(".parquet")}
+        if not options.get("save_maps", True):  # grounding scores only
+            extras.pop(PATCH_MAPS)
     return vector_run(
         spec,
         folds,
