@@ -12,6 +12,7 @@
     fs = probes.FeatureSet.open("cohort.zarr", "manifest.csv")       # estimators on arrays
     split = probes.patient_split(fs.labels("pneumothorax"), fs.patient_ids)
     probes.LinearProbe().fit(X_train, y_train, X_val=X_val, y_val=y_val)
+    probes.run_attentive(...), probes.run_mlp(...), probes.run_knn(...)   # the same tables
 
 Every name here loads lazily: ``import probes`` imports no torch, transformers, timm,
 open_clip or matplotlib; each loads when a name that needs it is used.
@@ -20,8 +21,11 @@ open_clip or matplotlib; each loads when a name that needs it is used.
 from probes._lazy import SUBMODULE, lazy_exports
 
 __all__ = [
+    "AttentiveProbe",
     "FeatureSet",
+    "KNNProbe",
     "LinearProbe",
+    "MLPProbe",
     "Run",
     "RunSpec",
     "SGDHeadProbe",
@@ -34,7 +38,10 @@ __all__ = [
     "report",
     "results_table",
     "run_control",
+    "run_attentive",
+    "run_knn",
     "run_linear",
+    "run_mlp",
     "run_seg",
     "run_shortcut",
     "summary_table",
@@ -47,6 +54,9 @@ __getattr__, __dir__ = lazy_exports(
         "LinearProbe": "probes.linear.probe",
         "SGDHeadProbe": "probes.linear.probe",
         "SegmentationProbe": "probes.segmentation.probe",
+        "AttentiveProbe": "probes.attentive.probe",
+        "MLPProbe": "probes.mlp.probe",
+        "KNNProbe": "probes.knn.probe",
         "Run": "probes.core.run",
         "RunSpec": "probes.core.run",
         "patient_split": "probes.core.splits",
@@ -57,6 +67,9 @@ __getattr__, __dir__ = lazy_exports(
         "summary_table": "probes.core.results",
         "run_linear": "probes.linear.run",
         "run_seg": "probes.segmentation.run",
+        "run_attentive": "probes.attentive.run",
+        "run_mlp": "probes.mlp.run",
+        "run_knn": "probes.knn.run",
         "run_shortcut": "probes.analysis.shortcut_run",
         "run_control": "probes.controls.run",
         # packages whose modules are callable (probes._lazy.make_callable): the function and

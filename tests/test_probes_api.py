@@ -30,7 +30,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 #: Top-level names that are torch code themselves: torch loads when they are used.
-TORCH_NAMES = {"SegmentationProbe", "run_seg"}
+TORCH_NAMES = {"SegmentationProbe", "run_seg", "AttentiveProbe"}
 
 
 def test_import_probes_and_embedcache_is_light():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -30,6 +31,13 @@ from probes.report.overlays import extreme_cases, load_cases, store_preprocessin
 
 CHROMIUM = Path("/usr/bin/chromium")
 LINEAR = ("global", "grid16", "grid32")  # three probes on the same folds
+#: Further protocols on the same folds: their runs and their extra options.
+PROTOCOLS = {
+    "attentive": ["--epochs", "30", "--grounding-mask", "ptx_mask"],
+    "mlp": ["--epochs", "30"],
+    "knn": [],
+}
+SAME_FOLDS = [f"lin-{f}" for f in LINEAR] + list(PROTOCOLS)
 HEADINGS = (
     "Runs",
     "Classification",
@@ -39,14 +47,16 @@ HEADINGS = (
     "Friedman / Nemenyi: pneumothorax AUROC",
     "Subgroups",
     "Segmentation overlays",
+    "Grounding",
     "Provenance",
 )
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_encoder_spec):
-    """A 50-image phantom cohort, one store, three linear probes on the same folds, one on
-    other folds, a segmentation probe with saved masks, and the report over all five."""
+    """A 50-image phantom cohort, one store, three linear probes, an attentive (grounded on
+    the pneumothorax masks), an MLP and a k-NN probe on the same folds, a linear probe on other
+    folds, a segmentation probe with saved masks, and the report over all eight."""
     from embedcache.extract import extract
     from embedcache.phantoms import CohortSpec, make_cohort
 
@@ -69,6 +79,10 @@ def study(tmp_path_factory, tiny_encoder_spec):
     for feature in LINEAR:
         runs[feature] = root / f"lin-{feature}"
         assert main(["linear", *linear, "--feature", feature, "--out", str(runs[feature])]) == 0
+    labels = ["--label", "pneumothorax", "--label", "cardiomegaly"]
+    for command, extra in PROTOCOLS.items():
+        runs[command] = root / command
+        assert main([command, *common, *labels, *extra, "--out", str(runs[command])]) == 0
     runs["3folds"] = root / "lin-3folds"
     assert main(["linear", *linear, "--n-folds", "3", "--out", str(runs["3folds"])]) == 0
     runs["seg"] = root / "seg"
@@ -127,6 +141,7 @@ def test_report_writes_markdown_html_figures_and_tables(study):
         "subgroups_classification_pneumothorax",
         "subgroups_segmentation",
         "overlays_seg",
+        "patch_maps_attentive",
     }
     assert expected <= names, names
     html = (out / "report.html").read_text()
@@ -150,8 +165,9 @@ def test_report_writes_markdown_html_figures_and_tables(study):
     assert {"runs.csv", "classification_metrics.csv", "segmentation_metrics.csv"} <= tables
     assert {"paired_tests_classification_1.csv", "provenance.csv", "versions.csv"} <= tables
     runs = pd.read_csv(out / "tables" / "runs.csv")
-    assert runs["run"].tolist() == ["lin-global", "lin-grid16", "lin-grid32", "lin-3folds", "seg"]
-    assert runs["images"].tolist() == [50] * 5
+    assert runs["run"].tolist() == [*SAME_FOLDS, "lin-3folds", "seg"]
+    assert runs["images"].tolist() == [50] * 8
+    assert {"grounding.csv"} <= tables
 
 
 def _open_in_chromium(html: Path) -> dict:
@@ -293,15 +309,16 @@ def test_label_efficiency_numbers_are_the_budget_curve(extended):
 def test_markdown_tables_equal_the_runs_results(study):
     markdown = (study["out"] / "report.md").read_text()
     table = _section(markdown, "### Classification: pneumothorax")
-    for feature in LINEAR:
-        results = read_table(study["runs"][feature] / "results.csv")
+    for name_of_run in SAME_FOLDS:  # every protocol: linear, attentive, MLP, k-NN
+        folder = study["runs"][name_of_run.removeprefix("lin-")]
+        results = read_table(folder / "results.csv")
         results = results[results["label"] == "pneumothorax"]
         for column, name in (
             ("auroc", "AUROC"),
             ("auprc", "AUPRC"),
             ("sens_at_0.5", "sensitivity"),
         ):
-            row = _row(table, f"lin-{feature}", name)
+            row = _row(table, name_of_run, name)
             assert row[2] == format_median_range(results[column])
             assert row[3] == format_mean_sd(results[column])
             assert row[5] == "5"
@@ -385,21 +402,31 @@ def test_clustered_ci_equals_a_loop_over_patient_resamples():
     )
 
 
+def test_the_grounding_section_shows_the_runs_own_scores(study):
+    from probes.analysis.grounding import grounding_summary
+
+    markdown = (study["out"] / "report.md").read_text()
+    section = _section(markdown, "## Grounding")
+    grounding = read_table(study["runs"]["attentive"] / "grounding.csv")
+    assert len(grounding) and set(grounding["map"]) == {"attention", "score"}
+    summary = grounding_summary(grounding, n_boot=100, seed=5656)
+    for r in summary.itertuples():
+        row = _row(section, "attentive", r.label, r.map, "ptx_mask", str(r.images))
+        assert row[5].startswith(f"{r.pointing_game:.3f} [{r.pointing_game_ci_low:.3f}")
+    assert "patch_maps_attentive.png" in markdown
+
+
 # -- comparisons --------------------------------------------------------------------------------
 
 
 def test_only_runs_on_the_same_folds_are_compared(study):
     markdown = (study["out"] / "report.md").read_text()
     section = _section(markdown, "## Comparisons: classification")
-    assert "`lin-3folds` not compared with `lin-global`, `lin-grid16`, `lin-grid32`" in section
+    assert f"`lin-3folds` not compared with {', '.join(f'`{r}`' for r in SAME_FOLDS)}" in section
     assert "different rounds" in section  # check_same_folds' own reason
     paired = pd.read_csv(study["out"] / "tables" / "paired_tests_classification_1.csv")
     pairs = set(zip(paired["a"], paired["b"], strict=True))
-    assert pairs == {
-        ("lin-global", "lin-grid16"),
-        ("lin-global", "lin-grid32"),
-        ("lin-grid16", "lin-grid32"),
-    }
+    assert pairs == set(itertools.combinations(SAME_FOLDS, 2))
     # several images per patient in the phantom cohort: DeLong, plus the pooled patient bootstrap
     assert set(paired["test"]) == {"delong", "bootstrap"} and set(paired["label"]) == {
         "pneumothorax",
@@ -411,7 +438,7 @@ def test_only_runs_on_the_same_folds_are_compared(study):
     ranks = pd.read_csv(
         study["out"] / "tables" / "friedman_ranks_classification_1_pneumothorax.csv"
     )
-    assert ranks["average rank"].sum() == pytest.approx(1 + 2 + 3)
+    assert ranks["average rank"].sum() == pytest.approx(sum(range(1, len(SAME_FOLDS) + 1)))
 
 
 # -- overlays -----------------------------------------------------------------------------------

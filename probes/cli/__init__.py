@@ -5,10 +5,10 @@
     probes linear cohort.zarr --manifest manifest.csv --label pneumothorax --out results/
 
 A thin shell: each command parses its arguments and calls the run function a notebook calls
-(``probes.run_linear``, ``run_seg``, ``run_shortcut``, ``run_control``, ``finetune``,
-``report``, a study), then prints. Each command's parser lives in its own light module
-(:data:`COMMANDS`); only the command that runs is loaded, so ``probes linear`` never imports
-torch or matplotlib.
+(``probes.run_linear``, ``run_seg``, ``run_attentive``, ``run_mlp``, ``run_knn``,
+``run_shortcut``, ``run_control``, ``finetune``, ``report``, a study), then prints. Each
+command's parser lives in its own light module (:data:`COMMANDS`); only the command that runs
+is loaded, so ``probes linear`` never imports torch or matplotlib.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: dict[str, str] = {
     "linear": "probes.cli.linear",
     "seg": "probes.cli.seg",
+    "attentive": "probes.cli.attentive",
+    "mlp": "probes.cli.mlp",
+    "knn": "probes.cli.knn",
     "shortcut": "probes.cli.shortcut",
     "control": "probes.cli.control",
     "finetune": "probes.cli.finetune",

@@ -16,11 +16,13 @@ from probes.core.splits import REFERENCE_SEED
 
 __all__ = [
     "add_feature_option",
+    "add_grounding_options",
     "add_input_options",
     "add_decision_options",
     "add_output_options",
     "add_split_options",
     "decision_kwargs",
+    "grounding_kwargs",
     "input_kwargs",
     "output_kwargs",
     "split_kwargs",
@@ -53,6 +55,32 @@ def _feature_name(value: str) -> str:
     raise argparse.ArgumentTypeError(
         f"invalid choice: {value!r} (choose from global, grid16, grid32, taps, tap<block>)"
     )
+
+
+def add_grounding_options(p: argparse.ArgumentParser) -> None:
+    """``--grounding-mask`` and how to read it: score a probe's patch maps against masks."""
+    p.add_argument(
+        "--grounding-mask",
+        metavar="COL",
+        help="mask column (e.g. ptx_rle): score each test image's patch map against it "
+        "(pointing game, patch AUROC; grounding.csv)",
+    )
+    p.add_argument(
+        "--mask-format",
+        default="auto",
+        choices=("auto", "path", "siim", "chexmask"),
+        help="what the mask column holds (auto: SIIM RLE if every cell is RLE text, else paths)",
+    )
+    p.add_argument("--image-size", help="HxW raster of every RLE (default: the image header)")
+
+
+def grounding_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of :func:`add_grounding_options`."""
+    return {
+        "grounding_mask": args.grounding_mask,
+        "mask_format": args.mask_format,
+        "image_size": args.image_size,
+    }
 
 
 def add_split_options(p: argparse.ArgumentParser, stratified_on: str) -> None:

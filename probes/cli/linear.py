@@ -7,10 +7,12 @@ import argparse
 from probes.cli.common import (
     add_decision_options,
     add_feature_option,
+    add_grounding_options,
     add_input_options,
     add_output_options,
     add_split_options,
     decision_kwargs,
+    grounding_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
@@ -46,6 +48,12 @@ def register(subparsers) -> None:
         "(one --label; validation and test rows untouched)",
     )
     add_decision_options(p)
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="keep each test image's patch logits (a --feature grid): patch_maps.parquet",
+    )
+    add_grounding_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -74,5 +82,7 @@ def execute(args: argparse.Namespace):
         Cs=args.Cs,
         balance_by=args.balance_by,
         **decision_kwargs(args),
+        save_maps=args.save_maps,
+        **grounding_kwargs(args),
         **output_kwargs(args),
     )

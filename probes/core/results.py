@@ -92,6 +92,7 @@ def cross_predict(
     seed: int | None = None,
     on_round: Callable[[int], None] | None = None,
     balance: np.ndarray | None = None,
+    on_fit: Callable[[int, object], None] | None = None,
 ) -> pd.DataFrame:
     """Fit a clone of ``probe`` per round and predict that round's validation and test rows.
 
@@ -103,6 +104,8 @@ def cross_predict(
         split: the rounds. ids, patient_ids: ``(n,)`` per row. label_names: ``k`` names.
         encoder, feature, seed: provenance written on every row.
         on_round: called with the round index after each round (progress bars).
+        on_fit: called with the round index and the round's fitted model (what it chose: a
+            k-NN's ``k_``, an MLP's ``best_epoch_``; a linear probe's weights for patch maps).
         balance: optional ``(n,)`` binary confounder (e.g. chest tube): each round is fitted on
             :func:`probes.core.balance.balanced_rows` of its training rows (seed ``seed + round``,
             None counting as 0), where the confounder is independent of the (single) label;
@@ -141,6 +144,8 @@ def cross_predict(
             model.fit(X[train], target[train], X_val=X[r.val], y_val=target[r.val])
         else:
             model.fit(X[train], target[train])
+        if on_fit is not None:
+            on_fit(r.index, model)
         chosen = np.broadcast_to(np.asarray(getattr(model, "C_", np.nan), float), (Y2.shape[1],))
         for part, rows in (("val", r.val), ("test", r.test)):
             if not len(rows):

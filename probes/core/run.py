@@ -48,6 +48,8 @@ __all__ = [
     "TaskKind",
 ]
 
+#: Extras read back as tables (anything else is JSON).
+TABLE_SUFFIXES = (".csv", ".parquet")
 #: Version of the run folder layout written by :meth:`Run.write` (folders without one are 1).
 RUN_FORMAT = 2
 TaskKind = Literal["classification", "segmentation"]
@@ -344,7 +346,9 @@ class Run:
             file = folder / extra
             if file.is_file():
                 extras[extra] = (
-                    read_table(file) if file.suffix == ".csv" else json.loads(file.read_text())
+                    read_table(file)
+                    if file.suffix in TABLE_SUFFIXES
+                    else json.loads(file.read_text())
                 )
         return cls(
             spec=spec,
@@ -361,8 +365,9 @@ class Run:
     @classmethod
     def merge(cls, runs: Sequence[Run], **info: Any) -> Run:
         """One run from runs of single rounds of the same definition (a study's units): tables
-        concatenated in round order, the summary recomputed, folds joined; ``info`` (name,
-        study coordinates...) is added to ``run.json``. Raises ``ValueError`` when the runs
+        concatenated in round order, the summary recomputed, folds joined, and the per-round
+        table extras (those with a ``round`` column in every run: patch maps, grounding)
+        concatenated too; ``info`` (name, study coordinates...) is added to ``run.json``. Raises ``ValueError`` when the runs
         disagree on the fold assignment."""
         if not runs:
             raise ValueError("no runs to merge")
@@ -392,6 +397,7 @@ class Run:
             summary=pd.DataFrame(),
             folds=_merged_folds(runs),
             info=merged_info,
+            extras=_merged_extras(runs),
             name=str(info.get("name", "")),
         )
         merged.summary = run_summary(merged.task, predictions, results)
@@ -405,6 +411,18 @@ def run_summary(task: TaskKind, predictions: pd.DataFrame, results: pd.DataFrame
 
         return segmentation_summary(predictions)
     return summary_table(results)
+
+
+def _merged_extras(runs: Sequence[Run]) -> dict[str, Any]:
+    """Table extras that every run has with a ``round`` column, concatenated in round order
+    (others describe one run as a whole and are left out, as before)."""
+    merged = {}
+    for name in runs[0].extras:
+        tables = [r.extras.get(name) for r in runs]
+        if all(isinstance(t, pd.DataFrame) and "round" in t.columns for t in tables):
+            table = pd.concat(tables, ignore_index=True)
+            merged[name] = table.sort_values("round", kind="stable").reset_index(drop=True)
+    return merged
 
 
 def _merged_folds(runs: Sequence[Run]) -> pd.DataFrame | None:

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
-
-from probes.core.budgets import budget_options, over_budgets
-from probes.core.calibration import check_decision_options, decision_options
-from probes.core.features import FeatureSet, binary_labels
-from probes.core.protocol import folds_table, make_split, open_features, provenance
-from probes.core.results import cross_predict, results_table, summary_table
+from probes.analysis.grounding import grounding_extras
+from probes.core.calibration import check_decision_options
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
 from probes.core.splits import REFERENCE_SEED
+from probes.core.vectors import cross_predict_vectors, pooled_features, vector_run
 
 __all__ = ["pooled_features", "run_linear", "run_linear_spec"]
 
@@ -48,6 +44,10 @@ def run_linear(
     budget_draws: int = 1,
     prevalence: float | None = None,
     decision_thresholds: Sequence[float] | None = None,
+    save_maps: bool = False,
+    grounding_mask: str | None = None,
+    mask_format: str = "auto",
+    image_size: str | tuple[int, int] | None = None,
     n_boot: int = 1000,
     root: str | os.PathLike | None = None,
     allow_subset: bool = False,
@@ -78,6 +78,12 @@ def run_linear(
             (budget, draw). Validation and test rows are untouched.
         prevalence, decision_thresholds: the decision curve's prevalence (default: each test
             fold's own) and the risk thresholds of the ``net_benefit_at_*`` columns (0.1).
+        save_maps: keep each test image's patch logits (``feature`` a grid): the extra
+            ``patch_maps.parquet`` (:mod:`probes.core.patchmaps`).
+        grounding_mask: a mask column (e.g. ``ptx_rle``): score the patch maps against it
+            (pointing game, patch AUROC; :mod:`probes.analysis.grounding`), the extra
+            ``grounding.csv``; implies ``save_maps``. mask_format, image_size: how to read it
+            (as ``probes seg``).
         n_boot: bootstrap resamples of each CI (over patients; see probes.core.bootstrap).
         progress: a progress bar over rounds.
     """
@@ -105,6 +111,10 @@ def run_linear(
             "balance_by": balance_by,
             "prevalence": prevalence,
             "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
+            "save_maps": save_maps,
+            "grounding_mask": grounding_mask,
+            "mask_format": mask_format,
+            "image_size": _size_option(image_size),
         },
         n_boot=n_boot,
     )
@@ -122,13 +132,13 @@ def run_linear_spec(
     from probes.linear.probe import LinearProbe, SGDHeadProbe
 
     options = dict(spec.options)
-    labels = list(spec.task.labels)
-    fs = open_features(spec.inputs)
-    Y, positives = binary_labels(fs.labels, labels)
-    split = make_split(fs, spec.split, strata=Y)
-    balance_by = options.get("balance_by")
-    balance = fs.labels(balance_by) if balance_by else None
-    X = pooled_features(fs)
+    grounding = options.get("grounding_mask")
+    save_maps = bool(options.get("save_maps")) or grounding is not None
+    if save_maps and spec.inputs.feature == "global":
+        raise ValueError(
+            "patch maps and grounding need a grid: run the linear probe with feature "
+            "grid16 or grid32 (--feature grid16)"
+        )
     if options.get("mode", "logistic") == "logistic":
         probe = LinearProbe(
             Cs=options.get("Cs"),
@@ -140,68 +150,29 @@ def run_linear_spec(
     else:
         probe = SGDHeadProbe(random_state=spec.split.seed, device=options.get("device") or "cpu")
         backend = "torch"
-    predictions = over_budgets(
-        lambda s: _cross_predict(probe, X, Y, s, fs, spec, balance, progress, on_round),
-        split,
-        strata=Y,
-        patient_ids=fs.patient_ids,
-        **budget_options(spec.split),
+    balance_by = options.get("balance_by")
+    folds = cross_predict_vectors(
+        spec, probe, balance_by=balance_by, progress=progress, on_round=on_round
     )
-    results = results_table(
-        predictions, n_boot=spec.n_boot, seed=spec.split.seed, **decision_options(spec.options)
-    )
-    info = provenance(
+    extras: dict = {}
+    if save_maps:
+        from probes.linear.maps import linear_patch_maps
+
+        maps = linear_patch_maps(folds.features, folds.split, folds.models, folds.labels)
+        extras = grounding_extras(folds.features, maps, options)
+    return vector_run(
         spec,
-        fs,
-        split,
+        folds,
+        extras=extras,
         probe=type(probe).__name__,
         params=probe.get_params(),
-        feature=fs.feature,
-        labels=labels,
-        positive_class=positives,
         backend=backend,
         balance_by=balance_by,
-    )
-    return Run(
-        spec=spec,
-        predictions=predictions,
-        results=results,
-        summary=summary_table(results),
-        folds=folds_table(fs, split),
-        info=info,
+        grounding_mask=grounding,
     )
 
 
-def pooled_features(fs: FeatureSet) -> np.ndarray:
-    """``(n, d)`` features of ``fs``: the global vector, or a grid average-pooled over its
-    patches."""
-    X = fs.load()
-    if X.ndim > 2:
-        X = X.reshape(len(X), -1, X.shape[-1]).mean(axis=1)
-    return X
-
-
-def _cross_predict(probe, X, Y, split, fs, spec, balance, progress, on_round):
-    from tqdm import tqdm
-
-    with tqdm(total=len(split), desc=f"probes linear {fs.key}", disable=not progress) as bar:
-
-        def step(index: int) -> None:
-            bar.update()
-            if on_round is not None:
-                on_round(index)
-
-        return cross_predict(
-            probe,
-            X,
-            Y,
-            split,
-            ids=fs.ids,
-            patient_ids=fs.patient_ids,
-            label_names=list(spec.task.labels),
-            encoder=fs.key,
-            feature=fs.feature,
-            seed=spec.split.seed,
-            on_round=step,
-            balance=balance,
-        )
+def _size_option(value: Any) -> Any:
+    if value is None or isinstance(value, str | int):
+        return value
+    return [int(v) for v in value]

@@ -20,6 +20,7 @@ from embedcache.intake.manifest import Manifest, load_manifest
 from probes.report.budgets import budget_sections, full_budget_view
 from probes.report.calibration import calibration_sections, report_prevalence
 from probes.report.figures import overlay_figure, subgroup_figure
+from probes.report.grounding import grounding_section, has_maps
 from probes.report.overlays import extreme_cases, load_cases, store_preprocessing
 from probes.report.render import Section, Table, Text, render_html, render_markdown
 from probes.report.runs import CLASSIFICATION, Run
@@ -71,7 +72,8 @@ def build_report(
         size_column: a numeric manifest column (lesion size) cut into ``size_bins`` quantile
             bins among positives.
         n_boot: bootstrap resamples for CIs and paired tests. seed: their seed.
-        overlays: best and worst cases per segmentation run with saved masks (0: none).
+        overlays: best and worst cases per segmentation run with saved masks (0: none), and
+            the number of images in each run's patch-map figure (at least 1).
         prevalence: the decision curves' prevalence (default: the runs' own ``--prevalence``
             when they agree, else each run's test rows').
         command: the report's own command line, for the provenance block.
@@ -94,6 +96,10 @@ def build_report(
         )
     if overlays > 0 and any(run.has_masks for run in views):
         sections.append(overlay_section(views, sink, manifests, overlays))
+    if any(has_maps(run) for run in views):
+        sections.append(
+            grounding_section(views, sink, manifests, max(overlays, 1), n_boot=n_boot, seed=seed)
+        )
     sections.append(provenance_section(runs, sink, command))
     heading = title or f"Probe report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
     markdown = folder / "report.md"

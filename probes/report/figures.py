@@ -15,7 +15,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["OverlayCase", "overlay_figure", "roc_figure", "save_png", "subgroup_figure"]
+__all__ = [
+    "OverlayCase",
+    "PatchMapCase",
+    "overlay_figure",
+    "patch_map_figure",
+    "roc_figure",
+    "save_png",
+    "subgroup_figure",
+]
 
 DPI = 110
 TRUE_COLOUR, PRED_COLOUR = "#00d26a", "#ff2d95"  # green truth, magenta prediction
@@ -133,6 +141,53 @@ def overlay_figure(rows: Sequence[tuple[str, Sequence[OverlayCase]]], title: str
             _contour(ax, case.predicted, (height, width), PRED_COLOUR)
             ax.set_title(f"{row_title}: {case.image_id}\nDice {case.dice:.3f}", fontsize=8)
     fig.suptitle(f"{title}  (green: truth, magenta: prediction)", fontsize=9)
+    return fig
+
+
+@dataclass(frozen=True)
+class PatchMapCase:
+    """One test image for the patch-map figure.
+
+    image: ``(S, S)`` float in [0, 1] at the model-input geometry. maps: map name ->
+    ``(h, w)`` patch map over the same field of view. mask: bool ``(H, W)`` or ``None``.
+    """
+
+    image_id: str
+    score: float
+    image: np.ndarray
+    maps: dict[str, np.ndarray]
+    mask: np.ndarray | None = None
+
+
+def patch_map_figure(cases: Sequence[PatchMapCase], title: str) -> Figure:
+    """X-rays with each patch map as a heat overlay (one row per map, scaled per image from
+    its minimum to its maximum) and the mask contour (green) where there is one."""
+    kinds = list(dict.fromkeys(k for case in cases for k in case.maps))
+    fig = Figure(figsize=(2.6 * len(cases), 2.9 * len(kinds) + 0.4))
+    axes = fig.subplots(len(kinds), len(cases), squeeze=False)
+    for r, kind in enumerate(kinds):
+        for c, case in enumerate(cases):
+            ax = axes[r][c]
+            ax.set_axis_off()
+            height, width = case.image.shape
+            extent = (0, width, height, 0)
+            ax.imshow(case.image, cmap="gray", vmin=0, vmax=1, extent=extent)
+            values = case.maps.get(kind)
+            if values is not None:
+                low, high = float(np.min(values)), float(np.max(values))
+                shown = (values - low) / (high - low) if high > low else np.zeros_like(values)
+                ax.imshow(
+                    shown,
+                    cmap="inferno",
+                    alpha=0.5,
+                    vmin=0,
+                    vmax=1,
+                    extent=extent,
+                    interpolation="nearest",
+                )
+            _contour(ax, case.mask, (height, width), TRUE_COLOUR)
+            ax.set_title(f"{kind} map: {case.image_id}\nP(positive) {case.score:.3f}", fontsize=8)
+    fig.suptitle(f"{title}  (bright: high; green: mask)", fontsize=9)
     return fig
 
 

@@ -23,7 +23,7 @@ from probes.report.figures import OverlayCase
 from probes.report.runs import Run
 from probes.segmentation.masks import MaskSource
 
-__all__ = ["extreme_cases", "load_cases", "store_preprocessing"]
+__all__ = ["extreme_cases", "load_cases", "model_view", "store_preprocessing"]
 
 
 def extreme_cases(run: Run, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,7 +81,7 @@ def load_cases(
             OverlayCase(
                 image_id=image_id,
                 dice=float(row["dice"]),
-                image=_model_view(image, preprocessing, (height, width)),
+                image=model_view(image, preprocessing, (height, width)),
                 truth=truth,
                 predicted=siim_rle_decode(row["pred_rle"], height, width),
             )
@@ -101,7 +101,7 @@ def _true_masks(run, rows, manifest, positions, size, preprocessing, problems) -
     return list(packed.take(np.arange(len(packed))))
 
 
-def _model_view(
+def model_view(
     image: np.ndarray, preprocessing: dict[str, Any] | None, mask_size: tuple[int, int]
 ) -> np.ndarray:
     """The image on the model-input raster, ``(S, S)`` (the encoder's own resize/crop/pad, from

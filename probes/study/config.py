@@ -50,7 +50,16 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["Cohort", "EncoderEntry", "Protocol", "Study", "StudyError", "Task", "load_study"]
 
 #: `probes` subcommands a protocol may name, and whether they read the store.
-COMMANDS = {"linear": True, "seg": True, "shortcut": True, "control": True, "finetune": False}
+COMMANDS = {
+    "linear": True,
+    "seg": True,
+    "attentive": True,
+    "mlp": True,
+    "knn": True,
+    "shortcut": True,
+    "control": True,
+    "finetune": False,
+}
 _TABLE_KEYS = {
     "study": {
         "name",
