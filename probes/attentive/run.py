@@ -32,7 +32,7 @@ from probes.core.features import binary_labels
 from probes.core.grids import StoreGrids, grid_names
 from probes.core.patchmaps import PATCH_MAPS, maps_frame
 from probes.core.protocol import make_split, open_features
-from probes.core.results import PREDICTION_COLUMNS, row_frame
+from probes.core.results import predictions_table, row_frame
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
 from probes.core.splits import REFERENCE_SEED
 from probes.core.vectors import VectorFolds, vector_run
@@ -220,16 +220,12 @@ def run_attentive_spec(
 
 
 def _predictions(frames: list[pd.DataFrame], key: str, feature: str, probe) -> pd.DataFrame:
-    """The frames as one predictions table in :func:`probes.core.results.cross_predict`'s
-    order (round, label, val before test) and columns."""
-    table = pd.concat(frames, ignore_index=True)
-    order = {"val": 0, "test": 1}
-    table = table.sort_values(
-        ["round", "label", "split"],
-        key=lambda c: c.map(order) if c.name == "split" else c,
-        kind="stable",
-    ).reset_index(drop=True)
-    table["encoder"], table["feature"], table["probe"] = key, feature, type(probe).__name__
-    table["params"] = json.dumps(probe.get_params(), sort_keys=True, default=str)
-    table["seed"] = int(probe.seed)
-    return table[list(PREDICTION_COLUMNS)]
+    """The frames as one predictions table, as :func:`probes.core.results.cross_predict`'s."""
+    return predictions_table(
+        frames,
+        encoder=key,
+        feature=feature,
+        probe=type(probe).__name__,
+        params=json.dumps(probe.get_params(), sort_keys=True, default=str),
+        seed=int(probe.seed),
+    )

@@ -30,6 +30,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "ROW_COLUMNS",
     "cross_predict",
+    "predictions_table",
     "read_table",
     "results_table",
     "row_frame",
@@ -170,6 +171,25 @@ def cross_predict(
                 )
         if on_round is not None:
             on_round(r.index)
+    return predictions_table(
+        frames, encoder=encoder, feature=feature, probe=name, params=params, seed=seed
+    )
+
+
+def predictions_table(
+    frames: Sequence[pd.DataFrame],
+    *,
+    encoder: str,
+    feature: str,
+    probe: str,
+    params: str,
+    seed: int | None,
+) -> pd.DataFrame:
+    """One classification predictions table from per-(round, label, split) :func:`row_frame`
+    frames with ``label``, ``truth``, ``score`` and ``C``: ordered by round, label, split (val
+    before test), provenance added, ``score_calibrated`` (temperature scaling fitted on each
+    round's validation rows), :data:`PREDICTION_COLUMNS`. Every classification protocol ends
+    here, so their tables are alike."""
     table = pd.concat(frames, ignore_index=True)
     order = {"val": 0, "test": 1}
     table = table.sort_values(
@@ -177,7 +197,7 @@ def cross_predict(
         key=lambda c: c.map(order) if c.name == "split" else c,
         kind="stable",
     ).reset_index(drop=True)
-    table["encoder"], table["feature"], table["probe"] = encoder, feature, name
+    table["encoder"], table["feature"], table["probe"] = encoder, feature, probe
     table["params"], table["seed"] = params, -1 if seed is None else int(seed)
     table["score_calibrated"] = calibrated_scores(table)
     return table[list(PREDICTION_COLUMNS)]

@@ -17,8 +17,9 @@ import numpy as np
 from sklearn.metrics import log_loss
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from probes.core.metrics import auroc
 from probes.knn.search import BLOCK_MB, cosine_topk, normalize_rows
-from probes.linear.probe import _auroc_columns, _BinaryProbe, _to_host
+from probes.linear.probe import _BinaryProbe, _to_host
 
 __all__ = ["DEFAULT_KS", "KNNProbe"]
 
@@ -101,7 +102,7 @@ class KNNProbe(_BinaryProbe):
         for j in range(Y.shape[1]):
             y = Y[:, j]
             if 0 < y.sum() < len(y):
-                scores[j] = _auroc_columns(y, votes[:, :, j])
+                scores[j] = [auroc(y, votes[:, i, j]) for i in range(votes.shape[1])]
             else:
                 p = np.clip(votes[:, :, j], 1e-7, 1 - 1e-7)
                 scores[j] = [-log_loss(y, p[:, c], labels=[0, 1]) for c in range(p.shape[1])]
