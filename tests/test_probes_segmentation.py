@@ -327,6 +327,26 @@ def test_same_seed_same_probe(planted_store):
     assert np.array_equal(_fast(max_epochs=4, seed=7).fit(in_memory, y).coef_, first.coef_)
 
 
+def test_tiled_full_resolution_loss_trains_the_same_probe(planted_store, monkeypatch):
+    """The probe's training on compact targets (the tiled loss, taken for large masks) gives
+    the losses and weights of the full-map path, and the same bits with or without the
+    prefetch thread."""
+    import probes.segmentation.probe as probe_module
+
+    group, *_, masks = planted_store
+    grids = StoreGrids(group, np.arange(60), ["grid16"])
+    y = PackedMasks.from_array(masks[:60])
+    full = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
+    monkeypatch.setattr(probe_module, "TILED_MIN_PIXELS", 0)
+    tiled = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
+    again = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0), prefetch=0).fit(grids, y)
+    assert tiled.history_ == again.history_ and np.array_equal(tiled.coef_, again.coef_)
+    for a, b in zip(full.history_, tiled.history_, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    np.testing.assert_allclose(tiled.coef_, full.coef_, rtol=1e-3, atol=1e-5)
+    assert not np.array_equal(tiled.coef_, full.coef_)  # (the tiled path was taken)
+
+
 def test_refuses_mismatched_inputs():
     grid16, _, masks = planted(10)
     with pytest.raises(ValueError, match="masks"):
@@ -368,11 +388,20 @@ def test_images_sample_into_the_model_frame_like_their_masks(preprocessing):
         ((5, 7), (23, 31), True, torch.float16, 5),
         ((8, 8), (32, 32), False, torch.float32, 3),
         ((6, 4), (6, 4), True, torch.float16, 4),  # no upsampling
+        ((32, 32), (512, 512), False, torch.float16, 3),  # the input resolution (issue 12)
+        ((32, 32), (512, 512), True, torch.float32, 2),
+        ((7, 5), (300, 131), False, torch.float32, 3),  # row tiles with a remainder
     ],
 )
-def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, dtype, batch):
+@pytest.mark.parametrize(
+    ("compact", "weights"), [(False, (1.0, 5.0)), (True, (1.0, 5.0)), (True, (2.0, 2.0))]
+)
+def test_fused_cpu_step_equals_autograd_cross_entropy(
+    grid_hw, mask_hw, align, dtype, batch, compact, weights
+):
     """The hand-fused CPU step gives the loss and parameter gradients of plain class-weighted
-    F.cross_entropy on the two upsampled logits, through standardisation."""
+    F.cross_entropy on the two upsampled logits, through standardisation; from full targets
+    (sign, weight) and from compact ones (uint8 masks, the loss tiled at the mask resolution)."""
     import torch.nn.functional as F
 
     from probes.segmentation.head import _LinearGridHead
@@ -383,7 +412,6 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
     channels = 12
     grid = torch.randn(batch, *grid_hw, channels, generator=gen).to(dtype)
     labels = (torch.rand(batch, *mask_hw, generator=gen) > 0.7).to(torch.uint8)
-    weights = (1.0, 5.0)
 
     def head():
         h = _LinearGridHead(
@@ -402,7 +430,7 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(grid_hw, mask_hw, align, d
     loss.backward()
 
     fused = head()
-    targets = loss_targets(labels.numpy(), 2, weights)
+    targets = loss_targets(labels.numpy(), 2, weights, compact=compact)
     got = fused_binary_step(fused, grid, targets, torch.tensor(weights))
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     for a, b in zip(reference.parameters(), fused.parameters(), strict=True):

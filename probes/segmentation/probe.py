@@ -58,7 +58,7 @@ from probes.segmentation.head import (  # noqa: F401 (interpolation_matrix: re-e
 )
 from probes.segmentation.loss import combine_loss, loss_parts, loss_targets
 from probes.segmentation.masks import mask_reader, mask_shape
-from probes.segmentation.step import fused_binary_scores, fused_binary_step
+from probes.segmentation.step import TILED_MIN_PIXELS, fused_binary_scores, fused_binary_step
 
 __all__ = [
     "GRID_CHOICES",
@@ -185,7 +185,9 @@ class SegmentationProbe(BaseEstimator):
         finally:
             torch.set_num_threads(before)
 
-    def _stream(self, grids: GridSource, batches, targets=None, views: bool = False) -> _Stream:
+    def _stream(
+        self, grids: GridSource, batches, targets=None, views: bool = False, compact: bool = False
+    ) -> _Stream:
         """Minibatches ``(xs, targets)``: per grid a ``(b, h, w, C)`` tensor, or with ``views``
         a list of ``b`` row tensors that are views of the store's memory-mapped shards (the
         fused CPU step converts each row once; nothing copies the batch before that)."""
@@ -203,12 +205,12 @@ class SegmentationProbe(BaseEstimator):
                 xs = [x.pin_memory() for x in xs]
             if targets is None:
                 return xs, None
-            return xs, self._targets(np.asarray(targets(index)))
+            return xs, self._targets(np.asarray(targets(index)), compact)
 
         return _Stream(batches, load, self.prefetch)
 
-    def _targets(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
-        return loss_targets(labels, self.n_classes, self.class_weights)
+    def _targets(self, labels: np.ndarray, compact: bool = False) -> dict[str, torch.Tensor]:
+        return loss_targets(labels, self.n_classes, self.class_weights, compact)
 
     def _to_device(self, xs, targets=None):
         device = self._device()
@@ -340,7 +342,10 @@ class SegmentationProbe(BaseEstimator):
             head.train()
             total, count = 0.0, 0
             batches = self._batches(len(grids), rng)
-            for batch in self._stream(grids, batches, take, views=self._fused(head.n_grids)):
+            fused = self._fused(head.n_grids)
+            # large masks: compact targets (uint8), the fused step's loss tiled at full resolution
+            compact = fused and int(np.prod(self.mask_shape_)) >= TILED_MIN_PIXELS
+            for batch in self._stream(grids, batches, take, views=fused, compact=compact):
                 xs, targets = self._to_device(*batch)
                 loss = self._train_step(head, optimizer, xs, targets, class_weights)
                 total, count = total + loss * len(xs[0]), count + len(xs[0])
