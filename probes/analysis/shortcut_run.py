@@ -88,15 +88,7 @@ def run_shortcut(
     labels = (confounder,) if label is None else (confounder, label)
     spec = RunSpec(
         protocol="shortcut",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            feature,
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
-        ),
+        inputs=Inputs.make(store, manifest, encoder, feature, root, allow_subset, allow_partial),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
         probe="LinearProbe",
@@ -113,10 +105,7 @@ def run_shortcut(
         },
         n_boot=n_boot,
     )
-    run = run_shortcut_spec(spec)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_shortcut_spec(spec).saved(out, table_format)
 
 
 def run_shortcut_spec(spec: RunSpec) -> Run:

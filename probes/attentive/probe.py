@@ -35,6 +35,7 @@ from probes.attentive.pool import AttentionPool
 from probes.attentive.step import batch_loss, batch_outputs, batch_step
 from probes.core.grids import GridSource, _Stream, as_grids, grid_names
 from probes.core.splits import holdout
+from probes.core.torch_runtime import cpu_threads, minibatches, resolve_device
 
 __all__ = ["AttentiveProbe"]
 
@@ -121,24 +122,11 @@ class AttentiveProbe(ClassifierMixin, BaseEstimator):
         return names
 
     def _device(self) -> torch.device:
-        if self.device in (None, "auto"):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        if self._device().type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
-        wanted = self.num_threads
-        if wanted is None:  # the step's two halves are two threads already
-            wanted = 1
-        torch.set_num_threads(wanted)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        # by default one: the step's two halves are two threads already
+        return cpu_threads(self._device(), self.num_threads or 1)
 
     def _stream(self, grids: GridSource, batches, target: np.ndarray | None = None) -> _Stream:
         """Minibatches ``(rows, target)``: on CPU a list of row tensors that view the store's
@@ -157,9 +145,7 @@ class AttentiveProbe(ClassifierMixin, BaseEstimator):
         return _Stream(batches, load, self.prefetch)
 
     def _batches(self, n: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        order = np.arange(n) if rng is None else rng.permutation(n)
-        # sorted within a batch: the same gradient, and reads in store order
-        return [np.sort(order[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+        return minibatches(n, self.batch_size, rng)
 
     def _encode(self, y: Any) -> np.ndarray:
         return (np.asarray(y).reshape(-1) == self.classes_[1]).astype(np.float32)

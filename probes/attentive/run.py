@@ -92,14 +92,8 @@ def run_attentive(
     params["grid"] = grid_names(str(params.get("grid", grid)))[0]
     spec = RunSpec(
         protocol="attentive",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            params["grid"],
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
+        inputs=Inputs.make(
+            store, manifest, encoder, params["grid"], root, allow_subset, allow_partial
         ),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
@@ -117,10 +111,7 @@ def run_attentive(
         },
         n_boot=n_boot,
     )
-    run = run_attentive_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_attentive_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_attentive_spec(

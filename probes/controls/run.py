@@ -86,15 +86,7 @@ def run_control(
         raise ValueError("metadata columns belong to the image-stats control")
     spec = RunSpec(
         protocol="control",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            feature,
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
-        ),
+        inputs=Inputs.make(store, manifest, encoder, feature, root, allow_subset, allow_partial),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
         probe="LinearProbe" if kind == IMAGE_STATS else "ShuffledLabelProbe",
@@ -109,10 +101,7 @@ def run_control(
         },
         n_boot=n_boot,
     )
-    run = run_control_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_control_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_control_spec(spec: RunSpec, *, progress: bool = False) -> Run:

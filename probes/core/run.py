@@ -82,6 +82,28 @@ class Inputs:
     allow_subset: bool = False
     allow_partial: bool = False
 
+    @classmethod
+    def make(
+        cls,
+        store: str | os.PathLike,
+        manifest: str | os.PathLike,
+        encoder: str | None = None,
+        feature: str = "global",
+        root: str | os.PathLike | None = None,
+        allow_subset: bool = False,
+        allow_partial: bool = False,
+    ) -> Inputs:
+        """Inputs from a run function's keywords (paths as text, for run.json)."""
+        return cls(
+            str(store),
+            str(manifest),
+            encoder,
+            feature,
+            None if root is None else str(root),
+            allow_subset,
+            allow_partial,
+        )
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -263,6 +285,12 @@ class Run:
         return self.task == SEGMENTATION and "pred_rle" in self.predictions.columns
 
     # --- the folder ----------------------------------------------------------------------
+    def saved(self, path: str | os.PathLike | None, table_format: str = "parquet") -> Run:
+        """This run, written to ``path`` first when one is given (a run function's ``out=``)."""
+        if path is not None:
+            self.write(path, table_format)
+        return self
+
     def write(self, path: str | os.PathLike, table_format: str = "parquet") -> Path:
         """Write the run into folder ``path`` (created if needed) and return it.
 

@@ -69,15 +69,7 @@ def run_knn(
         params["k"] = int(k)
     spec = RunSpec(
         protocol="knn",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            feature,
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
-        ),
+        inputs=Inputs.make(store, manifest, encoder, feature, root, allow_subset, allow_partial),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=(label,) if isinstance(label, str) else tuple(label)),
         probe="KNNProbe",
@@ -88,10 +80,7 @@ def run_knn(
         },
         n_boot=n_boot,
     )
-    run = run_knn_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_knn_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_knn_spec(

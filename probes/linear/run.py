@@ -90,15 +90,7 @@ def run_linear(
     labels = (label,) if isinstance(label, str) else tuple(label)
     spec = RunSpec(
         protocol="linear",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            feature,
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
-        ),
+        inputs=Inputs.make(store, manifest, encoder, feature, root, allow_subset, allow_partial),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=labels),
         probe="LinearProbe" if mode == "logistic" else "SGDHeadProbe",
@@ -118,10 +110,7 @@ def run_linear(
         },
         n_boot=n_boot,
     )
-    run = run_linear_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_linear_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_linear_spec(

@@ -62,15 +62,7 @@ def run_mlp(
     params = {k: v for k, v in dict(probe_params or {}).items() if k != "random_state"}
     spec = RunSpec(
         protocol="mlp",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
-            encoder,
-            feature,
-            None if root is None else str(root),
-            allow_subset,
-            allow_partial,
-        ),
+        inputs=Inputs.make(store, manifest, encoder, feature, root, allow_subset, allow_partial),
         split=SplitSpec.make(folds, n_folds, seed, rounds, allow_leakage, budgets, budget_draws),
         task=TaskSpec(CLASSIFICATION, labels=(label,) if isinstance(label, str) else tuple(label)),
         probe="MLPProbe",
@@ -81,10 +73,7 @@ def run_mlp(
         },
         n_boot=n_boot,
     )
-    run = run_mlp_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_mlp_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_mlp_spec(

@@ -49,6 +49,7 @@ from probes.core.grids import (
     grid_names,
 )
 from probes.core.splits import holdout
+from probes.core.torch_runtime import cpu_threads, minibatches, resolve_device
 from probes.linear.backends.sgd_head import REFERENCE as REFERENCE_HEAD
 from probes.segmentation.head import (  # noqa: F401 (interpolation_matrix: re-exported)
     CHUNK_PIXELS,
@@ -164,26 +165,19 @@ class SegmentationProbe(BaseEstimator):
     # -- plumbing ------------------------------------------------------------------------------
 
     def _device(self) -> torch.device:
-        if self.device in (None, "auto"):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        """Set torch's CPU thread count for the duration of a fit or a prediction."""
-        if self._device().type != "cpu":
-            yield
-            return
-        before = torch.get_num_threads()
+    def _threads(self) -> contextlib.AbstractContextManager[None]:
+        """Set torch's CPU thread count for the duration of a fit or a prediction: by default
+        the cores less one for the read-ahead thread."""
         wanted = self.num_threads
         if wanted is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            wanted = min(before, max(1, (cores or os.cpu_count() or 1) - (self.prefetch > 0)))
-        torch.set_num_threads(wanted)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+            wanted = min(
+                torch.get_num_threads(),
+                max(1, (cores or os.cpu_count() or 1) - (self.prefetch > 0)),
+            )
+        return cpu_threads(self._device(), wanted)
 
     def _stream(
         self, grids: GridSource, batches, targets=None, views: bool = False, compact: bool = False
@@ -252,9 +246,7 @@ class SegmentationProbe(BaseEstimator):
         )
 
     def _batches(self, n: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        order = np.arange(n) if rng is None else rng.permutation(n)
-        # Sorting within a batch keeps its composition (the gradient) and reads in store order.
-        return [np.sort(order[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+        return minibatches(n, self.batch_size, rng)
 
     def _loss_parts(self, scores: torch.Tensor, targets: dict[str, torch.Tensor]):
         return loss_parts(scores, targets, self.n_classes, self.class_weights, self.dice_weight)

@@ -252,12 +252,12 @@ def run_seg(
         mask_size = "input"
     spec = RunSpec(
         protocol="seg",
-        inputs=Inputs(
-            str(store),
-            str(manifest),
+        inputs=Inputs.make(
+            store,
+            manifest,
             encoder,
             grid_names(params["grid"])[0],
-            None if root is None else str(root),
+            root,
             allow_subset,
             allow_partial,
         ),
@@ -277,10 +277,7 @@ def run_seg(
         },
         n_boot=n_boot,
     )
-    run = run_seg_spec(spec, progress=progress)
-    if out is not None:
-        run.write(out, table_format)
-    return run
+    return run_seg_spec(spec, progress=progress).saved(out, table_format)
 
 
 def run_seg_spec(spec: RunSpec, *, progress: bool = False) -> Run:
