@@ -6,14 +6,18 @@ import argparse
 from typing import Any
 
 from probes.cli.common import (
+    add_decision_options,
     add_grounding_options,
     add_input_options,
     add_output_options,
     add_split_options,
+    add_training_options,
+    decision_kwargs,
     grounding_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
+    training_params,
 )
 
 __all__ = ["execute", "probe_params", "register", "run"]
@@ -36,33 +40,20 @@ def register(subparsers) -> None:
         "--grid", default="16", choices=("16", "32", "grid16", "grid32"), help="patch grid (16)"
     )
     p.add_argument("--queries", type=int, help="learned queries (default 4)")
-    p.add_argument("--epochs", type=int, help="most epochs (default 200)")
-    p.add_argument("--batch-size", type=int, help="images per minibatch (default 64)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-2)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (20)")
-    p.add_argument("--device", help="torch device (default auto: CUDA when present)")
+    add_training_options(p, epochs="200", batch="images (default 64)", lr="1e-2", patience="20")
     p.add_argument(
         "--no-maps", action="store_true", help="do not keep the patch maps (patch_maps.parquet)"
     )
     add_grounding_options(p)
     add_split_options(p, "the labels")
+    add_decision_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
 
 def probe_params(args: argparse.Namespace) -> dict[str, Any]:
     """The AttentiveProbe parameters the options set (the rest: its defaults)."""
-    chosen = {
-        "n_queries": args.queries,
-        "max_epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "patience": args.patience,
-        "device": args.device,
-    }
-    return {k: v for k, v in chosen.items() if v is not None}
+    return training_params(args, n_queries=args.queries)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,5 +76,6 @@ def execute(args: argparse.Namespace):
         probe_params=probe_params(args),
         save_maps=not args.no_maps,
         **grounding_kwargs(args),
+        **decision_kwargs(args),
         **output_kwargs(args),
     )

@@ -21,11 +21,13 @@ __all__ = [
     "add_decision_options",
     "add_output_options",
     "add_split_options",
+    "add_training_options",
     "decision_kwargs",
     "grounding_kwargs",
     "input_kwargs",
     "output_kwargs",
     "split_kwargs",
+    "training_params",
 ]
 
 
@@ -149,6 +151,43 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
         "--allow-leakage", action="store_true", help="warn instead of failing on patient leakage"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_training_options(
+    p: argparse.ArgumentParser,
+    *,
+    epochs: str,
+    batch: str,
+    lr: str,
+    patience: str,
+    device: str | None = "torch device (default auto: CUDA when present)",
+) -> None:
+    """``--epochs``, ``--batch-size``, ``--lr``, ``--weight-decay``, ``--patience`` (and
+    ``--device``) of a probe trained with AdamW and early stopping; the texts are each probe's
+    defaults, for the help. Unset options keep the probe's own defaults
+    (:func:`training_params`)."""
+    p.add_argument("--epochs", type=int, help=f"most epochs (default {epochs})")
+    p.add_argument("--batch-size", type=int, help=f"{batch} per minibatch")
+    p.add_argument("--lr", type=float, help=f"AdamW learning rate (default {lr})")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2)")
+    p.add_argument("--patience", type=int, help=f"early-stopping patience in epochs ({patience})")
+    if device is not None:
+        p.add_argument("--device", help=device)
+
+
+def training_params(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """The probe parameters :func:`add_training_options` (and ``more``) set; ``None`` (unset)
+    left out, so the probe's defaults apply."""
+    chosen = {
+        "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "patience": args.patience,
+        "device": getattr(args, "device", None),
+        **more,
+    }
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 def input_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from probes.cli.common import (
+    add_decision_options,
     add_feature_option,
     add_input_options,
     add_output_options,
     add_split_options,
+    decision_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=0.07, help="vote temperature (0.07)")
     p.add_argument("--device", help="torch device for the search (default: numpy on the CPU)")
     add_split_options(p, "the labels")
+    add_decision_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
@@ -59,5 +62,6 @@ def execute(args: argparse.Namespace):
         k=args.k,
         temperature=args.temperature,
         device=args.device,
+        **decision_kwargs(args),
         **output_kwargs(args),
     )

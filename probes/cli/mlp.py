@@ -6,13 +6,17 @@ import argparse
 from typing import Any
 
 from probes.cli.common import (
+    add_decision_options,
     add_feature_option,
     add_input_options,
     add_output_options,
     add_split_options,
+    add_training_options,
+    decision_kwargs,
     input_kwargs,
     output_kwargs,
     split_kwargs,
+    training_params,
 )
 
 __all__ = ["execute", "probe_params", "register", "run"]
@@ -32,30 +36,23 @@ def register(subparsers) -> None:
     add_feature_option(p)
     p.add_argument("--hidden", type=int, help="hidden units (default 256)")
     p.add_argument("--dropout", type=float, help="dropout after the hidden layer (0.2)")
-    p.add_argument("--epochs", type=int, help="most epochs (default 200)")
-    p.add_argument("--batch-size", type=int, help="rows per minibatch (default 128)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (10)")
-    p.add_argument("--device", help="torch device for training (default cpu)")
+    add_training_options(
+        p,
+        epochs="200",
+        batch="rows (default 128)",
+        lr="1e-3",
+        patience="10",
+        device="torch device for training (default cpu)",
+    )
     add_split_options(p, "the labels")
+    add_decision_options(p)
     add_output_options(p)
     p.set_defaults(func=run)
 
 
 def probe_params(args: argparse.Namespace) -> dict[str, Any]:
     """The MLPProbe parameters the options set (the rest: its defaults)."""
-    chosen = {
-        "hidden": args.hidden,
-        "dropout": args.dropout,
-        "max_epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "patience": args.patience,
-        "device": args.device,
-    }
-    return {k: v for k, v in chosen.items() if v is not None}
+    return training_params(args, hidden=args.hidden, dropout=args.dropout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,5 +73,6 @@ def execute(args: argparse.Namespace):
         feature=args.feature,
         **split_kwargs(args),
         probe_params=probe_params(args),
+        **decision_kwargs(args),
         **output_kwargs(args),
     )

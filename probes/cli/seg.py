@@ -9,9 +9,11 @@ from probes.cli.common import (
     add_input_options,
     add_output_options,
     add_split_options,
+    add_training_options,
     input_kwargs,
     output_kwargs,
     split_kwargs,
+    training_params,
 )
 
 __all__ = ["execute", "probe_params", "register", "run"]
@@ -53,11 +55,14 @@ def register(subparsers) -> None:
         choices=("16", "32", "16+32", "grid16", "grid32", "grid16+grid32"),
         help="patch grid(s) (default 16)",
     )
-    p.add_argument("--epochs", type=int, help="most epochs (default 50; reference 500)")
-    p.add_argument("--batch-size", type=int, help="images per minibatch (default 32)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-2)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (5)")
+    add_training_options(
+        p,
+        epochs="50; reference 500",
+        batch="images (default 32)",
+        lr="1e-3",
+        patience="5",
+        device=None,
+    )
     p.add_argument("--class-weights", help="cross-entropy weights, e.g. 1,5 (pneumothorax)")
     p.add_argument("--dice-weight", type=float, default=0.0, help="soft-Dice loss weight (0)")
     p.add_argument(
@@ -88,15 +93,7 @@ def register(subparsers) -> None:
 def probe_params(args: argparse.Namespace) -> dict[str, Any]:
     """The SegmentationProbe parameters the options set (``None``: the defaults, or the
     reference's with ``--reference``)."""
-    chosen: dict[str, Any] = {
-        "max_epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "weight_decay": args.weight_decay,
-        "patience": args.patience,
-        "dice_weight": args.dice_weight or None,
-        "device": args.device,
-    }
+    chosen: dict[str, Any] = {"dice_weight": args.dice_weight or None}
     if args.align_corners is not None:
         chosen["align_corners"] = args.align_corners == "true"
     if args.class_weights:
@@ -107,7 +104,7 @@ def probe_params(args: argparse.Namespace) -> dict[str, Any]:
                 f"--class-weights must be numbers like 1,5: {args.class_weights!r}"
             ) from None
     chosen["grid"] = args.grid
-    return {k: v for k, v in chosen.items() if v is not None}
+    return training_params(args, **chosen)
 
 
 def run(args: argparse.Namespace) -> int:
