@@ -29,6 +29,7 @@ import pandas as pd
 
 from probes.core.bootstrap import clustered_mean_ci, weighted_metrics
 from probes.core.patchmaps import maps_array
+from probes.core.sizes import parse_size
 
 __all__ = [
     "GROUNDING",
@@ -194,23 +195,6 @@ def grounding_extras(
             maps,
             str(column),
             kind=str(options.get("mask_format") or "auto"),
-            image_size=_size(options.get("image_size")),
+            image_size=parse_size(options.get("image_size"), "image_size"),
         )
     return extras
-
-
-def _size(value: Any) -> tuple[int, int] | None:
-    """``N``, ``HxW``, an int or a pair -> ``(h, w)``; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        parts = [int(v) for v in value.lower().replace(",", "x").split("x")]
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = [int(v) for v in value]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise ValueError(f"image_size must be N or HxW with positive integers, got {value!r}")
-    return parts[0], parts[1]

@@ -110,9 +110,9 @@ def run_shortcut(
 
 def run_shortcut_spec(spec: RunSpec) -> Run:
     """:func:`run_shortcut` from its :class:`RunSpec` (a study's unit)."""
+    from probes.core.vectors import pooled_features
     from probes.linear.backends import resolve_backend
     from probes.linear.probe import LinearProbe
-    from probes.linear.run import pooled_features
 
     o = dict(spec.options)
     name, label_name, n_boot, seed = o["confounder"], o.get("label"), spec.n_boot, spec.split.seed

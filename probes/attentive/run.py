@@ -34,6 +34,7 @@ from probes.core.patchmaps import PATCH_MAPS, maps_frame
 from probes.core.protocol import make_split, open_features
 from probes.core.results import predictions_table, row_frame
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
+from probes.core.sizes import size_option
 from probes.core.splits import REFERENCE_SEED
 from probes.core.vectors import VectorFolds, vector_run
 
@@ -105,9 +106,7 @@ def run_attentive(
             "save_maps": save_maps,
             "grounding_mask": grounding_mask,
             "mask_format": mask_format,
-            "image_size": image_size
-            if image_size is None or isinstance(image_size, str | int)
-            else [int(v) for v in image_size],
+            "image_size": size_option(image_size),
         },
         n_boot=n_boot,
     )

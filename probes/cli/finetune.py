@@ -123,8 +123,8 @@ def register(subparsers) -> None:
 def config_from_args(args: argparse.Namespace):
     """The :class:`~probes.finetune.config.FinetuneConfig` the options describe."""
     from probes.core.grids import grid_names
+    from probes.core.sizes import parse_size
     from probes.finetune.config import FinetuneConfig
-    from probes.segmentation.run import parse_size
 
     class_weights = None
     if args.class_weights:
@@ -171,9 +171,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 def execute(args: argparse.Namespace):
     """:func:`probes.finetune` with the keywords the options name; returns the Run."""
+    from probes.core.sizes import parse_size
     from probes.finetune.distributed import setup, teardown
     from probes.finetune.run import finetune
-    from probes.segmentation.run import parse_size
 
     ctx = setup(args.device)
     try:

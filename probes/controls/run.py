@@ -126,7 +126,7 @@ def run_control_spec(spec: RunSpec, *, progress: bool = False) -> Run:
         fields.update(features=names, metadata=list(o.get("metadata") or ()))
     else:
         from probes.controls.shuffled import ShuffledLabelProbe
-        from probes.linear.run import pooled_features
+        from probes.core.vectors import pooled_features
 
         X = pooled_features(fs)
         estimator = ShuffledLabelProbe(probe, random_state=spec.split.seed)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from probes.analysis.grounding import grounding_extras
 from probes.core.calibration import check_decision_options
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
+from probes.core.sizes import size_option
 from probes.core.splits import REFERENCE_SEED
-from probes.core.vectors import cross_predict_vectors, pooled_features, vector_run
+from probes.core.vectors import cross_predict_vectors, vector_run
 
-__all__ = ["pooled_features", "run_linear", "run_linear_spec"]
+__all__ = ["run_linear", "run_linear_spec"]
 
 Mode = Literal["logistic", "sgd-head"]
 
@@ -106,7 +107,7 @@ def run_linear(
             "save_maps": save_maps,
             "grounding_mask": grounding_mask,
             "mask_format": mask_format,
-            "image_size": _size_option(image_size),
+            "image_size": size_option(image_size),
         },
         n_boot=n_boot,
     )
@@ -159,9 +160,3 @@ def run_linear_spec(
         balance_by=balance_by,
         grounding_mask=grounding,
     )
-
-
-def _size_option(value: Any) -> Any:
-    if value is None or isinstance(value, str | int):
-        return value
-    return [int(v) for v in value]

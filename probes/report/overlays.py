@@ -19,6 +19,7 @@ from embedcache.geometry import Frame, to_frame
 from embedcache.intake.images import read_image
 from embedcache.intake.manifest import Manifest
 from embedcache.intake.masks import siim_rle_decode
+from probes.core.sizes import parse_size
 from probes.report.figures import OverlayCase
 from probes.report.runs import Run
 from probes.segmentation.masks import MaskSource
@@ -122,6 +123,4 @@ def model_view(
 
 
 def _size(rows: pd.DataFrame) -> tuple[int, int]:
-    text = str(rows["mask_size"].iat[0]).lower()
-    h, w = text.split("x")
-    return int(h), int(w)
+    return parse_size(str(rows["mask_size"].iat[0]), "mask_size")  # type: ignore[return-value]

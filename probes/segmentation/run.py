@@ -29,6 +29,7 @@ from probes.core.metrics import segmentation_summary
 from probes.core.protocol import folds_table, make_split, open_features, provenance
 from probes.core.results import ROW_COLUMNS, row_frame
 from probes.core.run import SEGMENTATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
+from probes.core.sizes import parse_size, size_option
 from probes.core.splits import REFERENCE_SEED
 from probes.segmentation.masks import PackedMasks, load_masks
 from probes.segmentation.metrics import (
@@ -48,7 +49,6 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "cross_validate_segmentation",
     "mask_resolution",
-    "parse_size",
     "results_by_round",
     "run_seg",
     "run_seg_spec",
@@ -266,10 +266,10 @@ def run_seg(
         probe="SegmentationProbe",
         params=params,
         options={
-            "mask_size": _size_option(mask_size),
+            "mask_size": size_option(mask_size),
             "reference": reference,
             "mask_format": mask_format,
-            "image_size": _size_option(image_size),
+            "image_size": size_option(image_size),
             "height_column": height_column,
             "width_column": width_column,
             "both_empty": both_empty,
@@ -362,33 +362,6 @@ def mask_resolution(fs: Any, mask_size: str | int | tuple[int, int] | None) -> t
         side = int(preprocessing["input_size"])
         return side, side
     return parse_size(mask_size, "mask_size")  # type: ignore[return-value]
-
-
-def parse_size(value: str | int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
-    """``N``, ``HxW`` (or ``H,W``), an int or a pair -> ``(h, w)``; ``None`` stays None."""
-    if value is None:
-        return None
-    if isinstance(value, int):
-        parts = [value]
-    elif isinstance(value, str):
-        try:
-            parts = [int(v) for v in value.lower().replace(",", "x").split("x")]
-        except ValueError:
-            parts = []
-    else:
-        parts = [int(v) for v in value]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise ValueError(f"{what} must be N or HxW with positive integers, got {value!r}")
-    return parts[0], parts[1]
-
-
-def _size_option(value: Any) -> Any:
-    """A size as JSON keeps it (``input``, ``N``, ``[h, w]``)."""
-    if value is None or isinstance(value, str | int):
-        return value
-    return [int(v) for v in value]
 
 
 def _size_rule(value: Any) -> str:
