@@ -29,8 +29,8 @@ from probes.core.features import FeatureSet, binary_labels
 class ManifestRows:
     """A manifest's images as the rows of a fine-tune, in manifest order.
 
-    Shaped like a :class:`probes.core.features.FeatureSet` where the probes' split and run-folder
-    helpers (:func:`probes.cli.common.make_split`, :func:`probes.cli.common.write_run`) read one: ``ids``,
+    Shaped like a :class:`probes.core.features.FeatureSet` where the probes' split and
+    provenance helpers (:mod:`probes.core.protocol`) read one: ``ids``,
     ``patient_ids``, ``table``, ``manifest``, ``key`` (the encoder key its run records),
     ``feature`` (what the head reads), ``excluded`` (always 0: every image must be readable)
     and :meth:`labels`.

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from embedcache.provenance import git_commit, library_versions
 from probes.core.protocol import folds_table, make_split
-from probes.core.results import read_table
+from probes.core.protocol import provenance as run_provenance
 from probes.core.run import CLASSIFICATION, SEGMENTATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
 from probes.core.splits import Split
 from probes.finetune import checkpoint as ckpt
@@ -50,11 +47,9 @@ from probes.finetune.predict import (
     PROBE_NAME,
     Provenance,
 )
+from probes.finetune.rounds import chosen_rounds, run_round
 from probes.finetune.tasks import TASK_SETUPS
 from probes.finetune.train import EpochHook, Trainer
-
-ROUND_PREDICTIONS = "predictions.parquet"
-ROUND_INFO = "round.json"
 
 
 @dataclass(eq=False)
@@ -319,8 +314,8 @@ def _finetune(
         pristine.preprocessing.input_size,
     )
     tables, infos = [], []
-    for index in _chosen_rounds(rounds, len(split)):
-        table, info = _round(
+    for index in chosen_rounds(rounds, len(split)):
+        table, info = run_round(
             trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch, save_masks
         )
         tables.append(table)
@@ -356,39 +351,32 @@ def _finetune(
         },
         n_boot=n_boot,
     )
-    info = {
-        "store": None,
-        "encoder": key,
-        "manifest": str(manifest.source),
-        "manifest_digest": manifest.digest(),
-        "rows": len(rows),
-        "excluded": rows.excluded_reasons,
-        "split": {"kind": split.kind, "seed": split.seed, "rounds": len(split)},
-        "probe": PROBE_NAME,
-        "params": params,
-        "seed": config.seed,
-        "command": None,
-        "rounds_run": [i["round"] for i in infos],
-        "epochs_run": {str(i["round"]): i["epochs_run"] for i in infos},
-        "best_epoch": {str(i["round"]): i["best_epoch"] for i in infos},
-        "resumed_from": {str(i["round"]): i["resumed_from"] for i in infos},
-        "history": {str(i["round"]): i["history"] for i in infos},
-        "task": task,
-        "feature": feature,
-        "encoder_spec": spec,
-        "encoder_preset": pristine.preset.name,
-        "encoder_family": pristine.preset.family,
-        "preprocessing": pristine.preprocessing.to_dict(),
-        "weights": pristine.weights_id,
-        "encoder_lr": config.encoder_lr,
-        "head_lr": config.head_lr,
-        "layer_decay": config.layer_decay,
-        "precision": precision,
-        "device": str(ctx.device),
-        "world_size": ctx.world_size,
+    info = run_provenance(
+        run_spec,
+        rows,
+        split,
+        store=None,  # a fine-tune reads the images, not a store
+        probe=PROBE_NAME,
+        params=params,
+        rounds_run=[i["round"] for i in infos],
+        epochs_run={str(i["round"]): i["epochs_run"] for i in infos},
+        best_epoch={str(i["round"]): i["best_epoch"] for i in infos},
+        resumed_from={str(i["round"]): i["resumed_from"] for i in infos},
+        history={str(i["round"]): i["history"] for i in infos},
+        feature=feature,
+        encoder_spec=spec,
+        encoder_preset=pristine.preset.name,
+        encoder_family=pristine.preset.family,
+        preprocessing=pristine.preprocessing.to_dict(),
+        weights=pristine.weights_id,
+        encoder_lr=config.encoder_lr,
+        head_lr=config.head_lr,
+        layer_decay=config.layer_decay,
+        precision=precision,
+        device=str(ctx.device),
+        world_size=ctx.world_size,
         **setup_.fields,
-    }
-    info.update(versions=library_versions(), git_commit=git_commit())
+    )
     run = FinetuneRun(
         spec=run_spec,
         predictions=predictions,
@@ -409,40 +397,6 @@ def _finetune(
     return run
 
 
-def _round(trainer, make_model, setup_, split, index, out, ctx, progress, on_epoch, save_masks):
-    """Train, score and record round ``index``, or read it back when it is already done.
-    Returns ``(predictions, info)``."""
-    r = split[index]
-    folder = ckpt.round_dir(out, r.index)
-    done = folder / ROUND_PREDICTIONS
-    if done.exists():
-        return read_table(done), json.loads((folder / ROUND_INFO).read_text())
-    result = trainer.fit_round(
-        make_model, r.index, r.train, r.val, folder, progress=progress, on_epoch=on_epoch
-    )
-    parts = [
-        (name, part, trainer.evaluate(result.model, part, keep_masks=save_masks).outputs)
-        for name, part in (("val", r.val), ("test", r.test))
-        if len(part)
-    ]
-    table = setup_.table(split, r.index, parts, result.best_epoch)
-    info = {
-        "round": r.index,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "resumed_from": result.resumed_from,
-        "history": result.history,
-    }
-    if ctx.main:
-        ckpt.write_atomic((json.dumps(info, indent=2) + "\n").encode(), folder / ROUND_INFO)
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False)
-        ckpt.write_atomic(buffer.getvalue(), done)  # the round's "done" mark, written last
-        (folder / "last.pt").unlink(missing_ok=True)
-    barrier(ctx)
-    return table, info
-
-
 def _feature(config: FinetuneConfig) -> str:
     """What the head reads: ``global``, the grid choice, or ``<name>-head``."""
     if config.task == "classification":
@@ -452,13 +406,3 @@ def _feature(config: FinetuneConfig) -> str:
     from probes.core.grids import grid_names
 
     return "+".join(grid_names(config.grid))
-
-
-def _chosen_rounds(rounds: Sequence[int] | None, n_rounds: int) -> list[int]:
-    if rounds is None:
-        return list(range(n_rounds))
-    chosen = sorted(set(int(r) for r in rounds))
-    bad = [r for r in chosen if not 0 <= r < n_rounds]
-    if bad:
-        raise ValueError(f"rounds {bad} do not exist: the split has rounds 0..{n_rounds - 1}")
-    return chosen
