@@ -9,7 +9,7 @@ from typing import Any
 
 from probes.core.run import Run
 from probes.report.build import ReportFiles, build_report
-from probes.report.runs import _unique_names, load_runs
+from probes.report.runs import load_runs, unique_names
 
 __all__ = ["report"]
 
@@ -32,7 +32,7 @@ def report(
     resolved = [r if isinstance(r, Run) else next(loaded) for r in runs]
     in_memory = [r for r in resolved if not r.name]
     if in_memory:
-        names = _unique_names([Path(r.path or f"run-{i}") for i, r in enumerate(in_memory)])
+        names = unique_names([Path(r.path or f"run-{i}") for i, r in enumerate(in_memory)])
         for run, name in zip(in_memory, names, strict=True):
             run.name = name
     return build_report(resolved, out, **options)

@@ -17,6 +17,7 @@ __all__ = [
     "Task",
     "load_run",
     "load_runs",
+    "unique_names",
 ]
 
 Task = TaskKind
@@ -38,10 +39,11 @@ def load_runs(folders: Sequence[str | os.PathLike]) -> list[Run]:
         if path in seen:
             raise RunFolderError(f"{given}: the same run folder is given twice")
         seen.add(path)
-    return [Run.open(f, n) for f, n in zip(folders, _unique_names(paths), strict=True)]
+    return [Run.open(f, n) for f, n in zip(folders, unique_names(paths), strict=True)]
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
+def unique_names(paths: list[Path]) -> list[str]:
+    """Folder names, with parent folders added until they are unique (``a/out``, ``b/out``)."""
     depth = 1
     while True:
         names = ["/".join(p.parts[-depth:]) for p in paths]
