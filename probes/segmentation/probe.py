@@ -59,7 +59,7 @@ from probes.segmentation.head import (  # noqa: F401 (interpolation_matrix: re-e
 )
 from probes.segmentation.loss import combine_loss, loss_parts, loss_targets
 from probes.segmentation.masks import mask_reader, mask_shape
-from probes.segmentation.step import TILED_MIN_PIXELS, fused_binary_scores, fused_binary_step
+from probes.segmentation.step import fused_binary_scores, fused_binary_step
 
 __all__ = [
     "GRID_CHOICES",
@@ -334,10 +334,8 @@ class SegmentationProbe(BaseEstimator):
             head.train()
             total, count = 0.0, 0
             batches = self._batches(len(grids), rng)
-            fused = self._fused(head.n_grids)
-            # large masks: compact targets (uint8), the fused step's loss tiled at full resolution
-            compact = fused and int(np.prod(self.mask_shape_)) >= TILED_MIN_PIXELS
-            for batch in self._stream(grids, batches, take, views=fused, compact=compact):
+            fused = self._fused(head.n_grids)  # (the fused step takes compact uint8 masks)
+            for batch in self._stream(grids, batches, take, views=fused, compact=fused):
                 xs, targets = self._to_device(*batch)
                 loss = self._train_step(head, optimizer, xs, targets, class_weights)
                 total, count = total + loss * len(xs[0]), count + len(xs[0])
