@@ -438,7 +438,7 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(
 
     from probes.segmentation.head import _LinearGridHead
     from probes.segmentation.loss import loss_targets
-    from probes.segmentation.step import fused_binary_scores, fused_binary_step
+    from probes.segmentation.step import fused_binary_nll, fused_binary_scores, fused_binary_step
 
     gen = torch.Generator().manual_seed(0)
     channels = 12
@@ -457,8 +457,8 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(
     d = reference([grid])[:, 0]  # (B, H, W) logit difference
     logits = torch.stack([torch.zeros_like(d), d], 1)
     w = torch.tensor(weights)
-    loss = F.cross_entropy(logits, labels.long(), weight=w, reduction="sum")
-    loss = loss / w[labels.long()].sum()
+    summed = F.cross_entropy(logits, labels.long(), weight=w, reduction="sum")
+    loss = summed / w[labels.long()].sum()
     loss.backward()
 
     fused = head()
@@ -467,7 +467,9 @@ def test_fused_cpu_step_equals_autograd_cross_entropy(
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     for a, b in zip(reference.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
-    # the forward alone (validation, prediction), from a list of row views
+    # the loss alone (validation), and the forward alone (prediction), from row views
+    nll = fused_binary_nll(head(), list(grid), targets)
+    assert nll.item() == pytest.approx(summed.item(), rel=1e-5)
     scores = fused_binary_scores(head(), list(grid))
     torch.testing.assert_close(scores, d[:, None].detach(), rtol=1e-5, atol=1e-5)
 

@@ -27,7 +27,7 @@ from probes.attentive.pool import (
     pool_gradient,
     pool_outputs,
 )
-from probes.segmentation.step import softplus
+from probes.segmentation.loss import softplus
 
 __all__ = ["GROUP_TOKENS", "batch_loss", "batch_outputs", "batch_step"]
 

@@ -59,7 +59,7 @@ from probes.segmentation.head import (  # noqa: F401 (interpolation_matrix: re-e
 )
 from probes.segmentation.loss import combine_loss, loss_parts, loss_targets
 from probes.segmentation.masks import mask_reader, mask_shape
-from probes.segmentation.step import fused_binary_scores, fused_binary_step
+from probes.segmentation.step import fused_binary_nll, fused_binary_scores, fused_binary_step
 
 __all__ = [
     "GRID_CHOICES",
@@ -395,11 +395,14 @@ class SegmentationProbe(BaseEstimator):
         head.eval()
         grids, take, n = val
         nll = wsum = inter = denom = 0.0
-        fused = self._fused(head.n_grids)
-        for batch in self._stream(grids, self._batches(n, None), take, views=fused):
+        fused = self._fused(head.n_grids)  # (the loss without scores at the mask resolution)
+        for batch in self._stream(grids, self._batches(n, None), take, views=fused, compact=fused):
             xs, targets = self._to_device(*batch)
-            with self._autocast():
-                parts = self._loss_parts(self._scores(head, xs), targets)
+            if fused:
+                parts = (fused_binary_nll(head, xs[0], targets),)
+            else:
+                with self._autocast():
+                    parts = self._loss_parts(self._scores(head, xs), targets)
             nll, wsum = nll + parts[0], wsum + targets["counts"] @ class_weights
             if self.dice_weight:
                 inter, denom = inter + parts[1], denom + parts[2]

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-__all__ = ["fused_binary_scores", "fused_binary_step", "row_pairs"]
+__all__ = ["fused_binary_nll", "fused_binary_scores", "fused_binary_step", "row_pairs"]
 
 #: Images per group: two 32x32x768 grids are 6 MB of float32, resident in L2/L3 caches.
 GROUP_PIXELS = 2048
@@ -72,6 +72,22 @@ def fused_binary_step(
     scale = 1.0 / max(total_weight, 1e-12)
     torch.autograd.backward([w_eff, b_eff], [grad_w * scale, (grad_b * scale).to(b_eff.dtype)])
     return (nll * scale).to(torch.float32)
+
+
+@torch.no_grad()
+def fused_binary_nll(head, grid: torch.Tensor | Sequence[torch.Tensor], targets) -> torch.Tensor:
+    """The class-weighted NLL *summed* over the pixels of a minibatch (float64), from the same
+    compact targets as :func:`fused_binary_step`, without building the scores at the mask
+    resolution (validation at 512 x 512 masks)."""
+    w, b = _logit_difference(head)
+    n = len(grid)
+    halves = [(0, (n + 1) // 2), ((n + 1) // 2, n)]
+    jobs = [(head, grid, targets, w, b, lo, hi, False) for lo, hi in halves if hi > lo]
+    if _parallel() and len(jobs) == 2:
+        parts = list(_pool().map(lambda job: _partial(*job), jobs))
+    else:
+        parts = [_partial(*job) for job in jobs]
+    return sum(p[2] for p in parts)
 
 
 @torch.no_grad()
@@ -140,10 +156,11 @@ def _row_pairs(head) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return cached
 
 
-def _partial(head, grid, targets, w, b, lo: int, hi: int):
+def _partial(head, grid, targets, w, b, lo: int, hi: int, grad: bool = True):
     """(weight gradient, bias gradient, NLL) of rows ``lo..hi``, unscaled, from compact targets
     (a uint8 ``mask``): the loss and its gradient at the mask resolution computed row by row in
-    registers.
+    registers. Without ``grad``, the gradients are ``None`` (the loop's own pull-back is kept:
+    it costs little).
 
     Per image, the logit differences at the mask resolution are ``A z B^T`` (``A``, ``B`` the
     bilinear interpolation matrices, ``z`` the ``(h, w)`` low-resolution map): ``z B^T`` once
@@ -171,10 +188,13 @@ def _partial(head, grid, targets, w, b, lo: int, hi: int):
             nll += kernels.image_nll(
                 zb, masks[start + j], row_lo, row_hi, row_weights, w0, w1, ag, scratch, bits
             )
-            torch.matmul(torch.from_numpy(ag), head.out_cols, out=grad_lo[j])  # (A^T G) B
-        grad_w.addmv_(part.T, grad_lo.reshape(-1))
-        grad_b += grad_lo.sum(dtype=torch.float64)
-    return grad_w, grad_b, torch.tensor(nll, dtype=torch.float64)
+            if grad:
+                torch.matmul(torch.from_numpy(ag), head.out_cols, out=grad_lo[j])  # (A^T G) B
+        if grad:
+            grad_w.addmv_(part.T, grad_lo.reshape(-1))
+            grad_b += grad_lo.sum(dtype=torch.float64)
+    nll = torch.tensor(nll, dtype=torch.float64)
+    return (grad_w, grad_b, nll) if grad else (None, None, nll)
 
 
 _POOL: ThreadPoolExecutor | None = None
