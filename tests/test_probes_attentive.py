@@ -37,7 +37,13 @@ def attentive_run(tokens):
 
 
 @pytest.mark.parametrize("as_views", [True, False])
-def test_the_step_and_the_maps_equal_autograd(as_views):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_step_and_the_maps_equal_autograd(as_views, compiled, monkeypatch):
+    """The step (the compiled CPU loop, and the torch operations CUDA takes, here on the CPU)
+    gives autograd's loss and gradients; the maps are the textbook model's."""
+    import probes.attentive.step as step_module
+
+    monkeypatch.setattr(step_module, "_compiled", lambda device: compiled)
     pool = AttentionPool(8, 3, torch.Generator().manual_seed(0))
     pool.mean.copy_(torch.randn(8, generator=torch.Generator().manual_seed(1)))
     pool.scale.copy_(torch.rand(8, generator=torch.Generator().manual_seed(2)) + 0.5)
