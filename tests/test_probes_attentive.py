@@ -145,3 +145,30 @@ def test_the_estimator_streams_from_a_featureset_or_takes_arrays(tokens):
     assert streamed.shape == (100, 2) and probe.n_epochs_ == 2
     with pytest.raises(ValueError, match="one grid"):
         probes.AttentiveProbe(grid="16+32").fit(arrays[:10], label[:10])
+
+
+def test_label_budgets_refit_per_budget_and_draw_with_maps_of_the_largest(tokens):
+    """Budgets: the rows per (budget, draw), fewer training images at the smaller budget, the
+    draws nested and shared with the linear probe (paired at each budget), patch maps from the
+    largest budget's first draw only."""
+    store, manifest, _ = tokens
+    common = dict(label="finding", rounds=[0], n_boot=10, budgets="0.25,1.0", budget_draws=2)
+    run = probes.run_attentive(store, manifest, probe_params={"max_epochs": 2}, **common)
+    test = run.predictions[run.predictions["split"] == "test"]
+    assert sorted(map(tuple, test[["budget", "draw"]].drop_duplicates().values)) == [
+        (0.25, 0),
+        (0.25, 1),
+        (1.0, 0),
+    ]
+    n_train = test.groupby("budget")["n_train"].first()
+    assert n_train[0.25] < n_train[1.0] / 2
+    assert {"budget", "draw", "n_train"} <= set(run.results.columns)
+    assert len(run.results) == 3  # one label, one round, three fits
+    maps = run.extras[PATCH_MAPS]
+    assert len(maps) == 2 * len(test[test["budget"] == 1.0])  # score and attention maps
+    linear = probes.run_linear(store, manifest, feature="grid16", **common)
+    linear_test = linear.predictions[linear.predictions["split"] == "test"]
+    pd.testing.assert_series_equal(
+        test.groupby(["budget", "draw"])["n_train"].first(),
+        linear_test.groupby(["budget", "draw"])["n_train"].first(),
+    )

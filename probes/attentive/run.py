@@ -27,6 +27,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from probes.analysis.grounding import grounding_extras
+from probes.core.budgets import budget_options, over_budgets
 from probes.core.calibration import check_decision_options
 from probes.core.features import binary_labels
 from probes.core.grids import StoreGrids, grid_names
@@ -35,7 +36,7 @@ from probes.core.protocol import make_split, open_features
 from probes.core.results import predictions_table, row_frame
 from probes.core.run import CLASSIFICATION, Inputs, Run, RunSpec, SplitSpec, TaskSpec
 from probes.core.sizes import size_option
-from probes.core.splits import REFERENCE_SEED
+from probes.core.splits import REFERENCE_SEED, Split
 from probes.core.vectors import VectorFolds, vector_run
 
 __all__ = ["run_attentive", "run_attentive_spec"]
@@ -74,7 +75,8 @@ def run_attentive(
     (written to ``out`` when given).
 
     Args:
-        budgets, budget_draws, prevalence, decision_thresholds: as :func:`probes.run_linear` (budgets: not yet supported here).
+        budgets, budget_draws, prevalence, decision_thresholds: as :func:`probes.run_linear`
+            (with budgets, patch maps and grounding come from the largest budget's first draw).
         label: one binary label column, or several (one probe each).
         grid: ``16`` or ``32``: the patch grid whose tokens are pooled.
         folds, n_folds, seed, rounds: the split, as :func:`probes.run_linear`.
@@ -122,11 +124,6 @@ def run_attentive_spec(
     from probes.attentive.probe import AttentiveProbe
 
     options = dict(spec.options)
-    if spec.split.budgets:
-        raise ValueError(
-            "label budgets are not supported by the attentive probe yet; run it on the full "
-            "training folds (linear, mlp, knn, seg, shortcut and control take --budgets)"
-        )
     probe = AttentiveProbe(seed=spec.split.seed, **dict(spec.params))
     labels = list(spec.task.labels)
     fs = open_features(spec.inputs, grid_names(probe.grid)[0])
@@ -134,9 +131,16 @@ def run_attentive_spec(
     split = make_split(fs, spec.split, strata=Y)
     grids = StoreGrids(fs.group, fs.rows, grid_names(probe.grid))
     ids, patients = np.asarray(fs.ids, str), np.asarray(fs.patient_ids, str)
-    frames, maps, fitted = [], [], []
-    with tqdm(total=len(split), desc=f"probes attentive {fs.key}", disable=not progress) as bar:
-        for r in split:
+    budgets = budget_options(spec.split)
+    # patch maps of the largest budget's first draw only (all rows without budgets)
+    largest = max(budgets["budgets"]) if budgets["budgets"] else None
+    now: dict[str, Any] = {"budget": largest, "draw": 0}
+    maps, fitted = [], []
+
+    def predict(rounds: Split) -> pd.DataFrame:
+        frames = []
+        keep_maps = now["budget"] == largest and now["draw"] == 0
+        for r in rounds:
             for j, name in enumerate(labels):
                 model = clone(probe)
                 has_val = len(r.val) > 0
@@ -147,10 +151,12 @@ def run_attentive_spec(
                     Y[r.val, j] if has_val else None,
                     groups=patients[r.train],
                 )
+                budget = {"budget": now["budget"], "draw": now["draw"]} if largest else {}
                 fitted.append(
                     {
                         "round": r.index,
                         "label": name,
+                        **budget,
                         "best_epoch": int(model.best_epoch_),
                         "epochs": int(model.n_epochs_),
                     }
@@ -174,7 +180,7 @@ def run_attentive_spec(
                             C=np.nan,
                         )
                     )
-                    if part == "test":
+                    if part == "test" and keep_maps:
                         for kind, k in (("score", 3), ("attention", 2)):
                             values = np.concatenate([o[k] for o in outputs])
                             maps.append(
@@ -190,7 +196,17 @@ def run_attentive_spec(
             bar.update()
             if on_round is not None:
                 on_round(r.index)
-    predictions = _predictions(frames, fs.key, fs.feature, probe)
+        return _predictions(frames, fs.key, fs.feature, probe)
+
+    def on_budget(budget: float, draw: int) -> None:
+        now.update(budget=budget, draw=draw)
+
+    fits = len(budgets["budgets"]) * budgets["draws"] if budgets["budgets"] else 1
+    desc = f"probes attentive {fs.key}"
+    with tqdm(total=len(split) * fits, desc=desc, disable=not progress) as bar:
+        predictions = over_budgets(
+            predict, split, strata=Y, patient_ids=fs.patient_ids, on_budget=on_budget, **budgets
+        )
     folds = VectorFolds(fs, split, labels, positives, predictions)
     extras: dict[str, Any] = {}
     if maps and (options.get("save_maps", True) or options.get("grounding_mask")):

@@ -186,17 +186,22 @@ def over_budgets(
     unit: str = "fraction",
     draws: int = 1,
     seed: int = 0,
+    on_budget: Callable[[float, int], None] | None = None,
 ) -> pd.DataFrame:
     """``predict(split)`` once, or once per (budget, draw) with the training rows cut.
 
     With budgets, the rows of each call get ``budget``, ``draw`` (inserted after ``split``)
     and ``n_train`` (training images of that round) columns and are concatenated in budget,
-    draw order. Without budgets the table is ``predict(split)`` unchanged.
+    draw order; ``on_budget(budget, draw)`` is called before each call (a protocol that keeps
+    more than predictions, such as patch maps, learns which budget it is fitting). Without
+    budgets the table is ``predict(split)`` unchanged.
     """
     if not budgets:
         return predict(split)
     frames = []
     for budget, draw, sub in budget_splits(split, strata, patient_ids, budgets, unit, draws, seed):
+        if on_budget is not None:
+            on_budget(float(budget), int(draw))
         frame = predict(sub)
         n_train = {r.index: len(r.train) for r in sub}
         at = list(frame.columns).index("split") + 1
