@@ -16,9 +16,7 @@ the store's memory-mapped shards: read only here, never copied whole).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -28,6 +26,7 @@ from probes.attentive.pool import (
     pool_gradient,
     pool_outputs,
 )
+from probes.core.torch_runtime import over_halves
 from probes.segmentation.loss import softplus
 
 __all__ = ["GROUP_TOKENS", "batch_loss", "batch_outputs", "batch_step"]
@@ -94,13 +93,10 @@ def _products(MT: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 
 
 def _halves(rows: Rows, target, M, bias, n_queries: int, *, grad: bool):
-    n = len(rows)
     cpu = not isinstance(rows, torch.Tensor) or rows.device.type == "cpu"
-    halves = [(0, (n + 1) // 2), ((n + 1) // 2, n)] if cpu else [(0, n)]
-    jobs = [(rows, target, M, bias, n_queries, lo, hi, grad) for lo, hi in halves if hi > lo]
-    if len(jobs) == 2 and _parallel():
-        return list(_pool().map(lambda job: _partial(*job), jobs))
-    return [_partial(*job) for job in jobs]
+    return over_halves(
+        lambda lo, hi: _partial(rows, target, M, bias, n_queries, lo, hi, grad), len(rows), cpu
+    )
 
 
 def _partial(rows, target, M, bias, n_queries: int, lo: int, hi: int, grad: bool):
@@ -157,19 +153,3 @@ def _groups(rows: Rows, lo: int, hi: int) -> Iterator[tuple[int, int, torch.Tens
         for j in range(k):  # the only pass over the stored bytes: float16 -> float32, in cache
             X[j].copy_(rows[start + j].reshape(tokens, c))
         yield start, k, X
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _parallel() -> bool:
-    """Two compute threads when this process may use two cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) >= 2
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="attentive-step")
-    return _POOL

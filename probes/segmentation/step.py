@@ -21,12 +21,12 @@ Used when: CPU, two classes, one grid, no Dice term. Everything else takes autog
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from probes.core.torch_runtime import over_halves
 
 __all__ = ["fused_binary_nll", "fused_binary_scores", "fused_binary_step", "row_pairs"]
 
@@ -56,15 +56,7 @@ def fused_binary_step(
     """
     w_eff, b_eff = _logit_difference(head)
     w, b = w_eff.detach(), b_eff.detach()
-    n = len(grid)
-    # Two halves of the minibatch, each summed on its own and added in a fixed order: the
-    # same bits whether the halves run one after the other or on two cores at once.
-    halves = [(0, (n + 1) // 2), ((n + 1) // 2, n)]
-    jobs = [(head, grid, targets, w, b, lo, hi) for lo, hi in halves if hi > lo]
-    if _parallel() and len(jobs) == 2:
-        parts = list(_pool().map(lambda job: _partial(*job), jobs))
-    else:
-        parts = [_partial(*job) for job in jobs]
+    parts = over_halves(lambda lo, hi: _partial(head, grid, targets, w, b, lo, hi), len(grid))
     grad_w = sum(p[0] for p in parts)
     grad_b = sum(p[1] for p in parts)
     nll = sum(p[2] for p in parts)
@@ -80,13 +72,9 @@ def fused_binary_nll(head, grid: torch.Tensor | Sequence[torch.Tensor], targets)
     compact targets as :func:`fused_binary_step`, without building the scores at the mask
     resolution (validation at 512 x 512 masks)."""
     w, b = _logit_difference(head)
-    n = len(grid)
-    halves = [(0, (n + 1) // 2), ((n + 1) // 2, n)]
-    jobs = [(head, grid, targets, w, b, lo, hi, False) for lo, hi in halves if hi > lo]
-    if _parallel() and len(jobs) == 2:
-        parts = list(_pool().map(lambda job: _partial(*job), jobs))
-    else:
-        parts = [_partial(*job) for job in jobs]
+    parts = over_halves(
+        lambda lo, hi: _partial(head, grid, targets, w, b, lo, hi, False), len(grid)
+    )
     return sum(p[2] for p in parts)
 
 
@@ -195,19 +183,3 @@ def _partial(head, grid, targets, w, b, lo: int, hi: int, grad: bool = True):
             grad_b += grad_lo.sum(dtype=torch.float64)
     nll = torch.tensor(nll, dtype=torch.float64)
     return (grad_w, grad_b, nll) if grad else (None, None, nll)
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _parallel() -> bool:
-    """Two compute threads when this process may use two cores (torch ops release the GIL)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) >= 2
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="seg-step")
-    return _POOL
