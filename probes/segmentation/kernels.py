@@ -71,20 +71,6 @@ def _exp_parts(x, poly, bits):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
-def sigmoid(x, out, scratch_f, scratch_i):  # pragma: no cover - compiled
-    """``out = 1 / (1 + exp(-x))`` of a ``(W,)`` row (for tests: the loss loop's sigmoid)."""
-    one = np.float32(1.0)
-    for c in range(x.shape[0]):
-        out[c] = -abs(x[c])
-    _exp_parts(out, scratch_f, scratch_i)
-    power = scratch_i.view(np.float32)
-    for c in range(x.shape[0]):
-        e = scratch_f[c] * power[c]
-        q = one / (one + e)
-        out[c] = q if x[c] >= 0 else e * q
-
-
-@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
 def image_nll(zb, mask, lo, hi, weights, w0, w1, grad_rows, scratch, bits):  # pragma: no cover
     """Class-weighted binary cross-entropy of one image at the mask resolution, and its
     gradient pulled back through the row interpolation.
