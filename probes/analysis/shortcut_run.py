@@ -100,8 +100,7 @@ def run_shortcut(
             "threshold": threshold,
             "size_column": size_column,
             "size_bins": size_bins,
-            "prevalence": prevalence,
-            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
+            **check_decision_options(prevalence, decision_thresholds),
         },
         n_boot=n_boot,
     )

@@ -103,8 +103,7 @@ def run_attentive(
         probe="AttentiveProbe",
         params=params,
         options={
-            "prevalence": prevalence,
-            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
+            **check_decision_options(prevalence, decision_thresholds),
             "save_maps": save_maps,
             "grounding_mask": grounding_mask,
             "mask_format": mask_format,

@@ -96,8 +96,7 @@ def run_control(
             "bins": int(bins),
             "backend": backend,
             "Cs": None if Cs is None else [float(c) for c in Cs],
-            "prevalence": prevalence,
-            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
+            **check_decision_options(prevalence, decision_thresholds),
         },
         n_boot=n_boot,
     )

@@ -345,12 +345,13 @@ def decision_options(options: object) -> dict:
     return {"prevalence": get("prevalence"), "decision_thresholds": tuple(thresholds)}
 
 
-def check_decision_options(prevalence: float | None, thresholds) -> tuple[float, ...]:
-    """Check the user's prevalence (in (0, 1)) and risk thresholds (in (0, 1)); returns the
-    thresholds as a tuple of floats (the default when none)."""
+def check_decision_options(prevalence: float | None, thresholds) -> dict:
+    """Check the user's prevalence (in (0, 1)) and risk thresholds (in (0, 1)); returns them as
+    a run spec's ``options`` entries (``prevalence``, ``decision_thresholds``: a list of floats,
+    the default when none), which :func:`decision_options` reads back."""
     if prevalence is not None and not 0 < float(prevalence) < 1:
         raise ValueError(f"prevalence must lie in (0, 1), got {prevalence}")
-    values = tuple(float(t) for t in (thresholds or DECISION_THRESHOLDS))
+    values = [float(t) for t in (thresholds or DECISION_THRESHOLDS)]
     if not all(0 < t < 1 for t in values):
-        raise ValueError(f"decision thresholds must lie in (0, 1), got {list(values)}")
-    return values
+        raise ValueError(f"decision thresholds must lie in (0, 1), got {values}")
+    return {"prevalence": prevalence, "decision_thresholds": values}

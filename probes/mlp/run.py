@@ -68,8 +68,7 @@ def run_mlp(
         probe="MLPProbe",
         params=params,
         options={
-            "prevalence": prevalence,
-            "decision_thresholds": list(check_decision_options(prevalence, decision_thresholds)),
+            **check_decision_options(prevalence, decision_thresholds),
         },
         n_boot=n_boot,
     )
