@@ -67,6 +67,23 @@ class _BinaryProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y_val holds classes {unknown[:5]} not seen in y")
         return (y.reshape(-1) == self.classes_[1]).astype(np.int64)[:, None]
 
+    def _train_and_validation(self, X, y, X_val, y_val, dtype: list) -> tuple:
+        """``(X, Y, X_val, Y_val)`` for a probe that early-stops: the given validation rows, or
+        (without them) a stratified held-out share ``val_fraction`` of ``X`` (seeded by
+        ``random_state``); labels encoded as :meth:`_encode_labels`."""
+        X = validate_data(self, _to_host(X), dtype=dtype)
+        Y = self._encode_labels(y)
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither")
+        if X_val is not None:
+            X_val = validate_data(self, _to_host(X_val), reset=False, dtype=dtype)
+            return X, Y, X_val, self._labels_like_fit(y_val)
+        strata = np.unique(Y, axis=0, return_inverse=True)[1].reshape(-1)
+        n_splits = max(2, round(1 / self.val_fraction))
+        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
+        train, val = next(splitter.split(X, strata))
+        return X[train], Y[train], X[val], Y[val]
+
     def decision_function(self, X) -> np.ndarray:
         """Logits, ``(n,)`` for one label, ``(n, k)`` for k label columns."""
         check_is_fitted(self)
@@ -298,19 +315,7 @@ class SGDHeadProbe(_BinaryProbe):
 
     def fit(self, X, y, X_val=None, y_val=None) -> SGDHeadProbe:
         """Train on ``X``, early-stopping on ``(X_val, y_val)`` (else a held-out share of X)."""
-        X = validate_data(self, _to_host(X), dtype=[np.float64, np.float32])
-        Y = self._encode_labels(y)
-        if (X_val is None) != (y_val is None):
-            raise ValueError("give both X_val and y_val, or neither")
-        if X_val is None:
-            strata = np.unique(Y, axis=0, return_inverse=True)[1].reshape(-1)
-            n_splits = max(2, round(1 / self.val_fraction))
-            splitter = StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
-            train, val = next(splitter.split(X, strata))
-            X, Xv, Y, Yv = X[train], X[val], Y[train], Y[val]
-        else:
-            Xv = validate_data(self, _to_host(X_val), reset=False, dtype=[np.float64, np.float32])
-            Yv = self._labels_like_fit(y_val)
+        X, Y, Xv, Yv = self._train_and_validation(X, y, X_val, y_val, [np.float64, np.float32])
         scaler = _Standardizer(X)
         mean = scaler.mean if self.standardize else np.zeros(X.shape[1])
         scale = scaler.scale if self.standardize else np.ones(X.shape[1])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probes.linear.probe import _BinaryProbe, _Standardizer, _to_host
@@ -81,19 +80,7 @@ class MLPProbe(_BinaryProbe):
     def fit(self, X, y, X_val=None, y_val=None) -> MLPProbe:
         """Train on ``X`` ``(n, d)``, early-stopping on ``(X_val, y_val)`` (else a held-out
         share of X)."""
-        X = validate_data(self, _to_host(X), dtype=[np.float32, np.float64])
-        Y = self._encode_labels(y)
-        if (X_val is None) != (y_val is None):
-            raise ValueError("give both X_val and y_val, or neither")
-        if X_val is None:
-            strata = np.unique(Y, axis=0, return_inverse=True)[1].reshape(-1)
-            n_splits = max(2, round(1 / self.val_fraction))
-            splitter = StratifiedKFold(n_splits, shuffle=True, random_state=self.random_state)
-            train, val = next(splitter.split(X, strata))
-            X, Xv, Y, Yv = X[train], X[val], Y[train], Y[val]
-        else:
-            Xv = validate_data(self, _to_host(X_val), reset=False, dtype=[np.float32, np.float64])
-            Yv = self._labels_like_fit(y_val)
+        X, Y, Xv, Yv = self._train_and_validation(X, y, X_val, y_val, [np.float32, np.float64])
         scaler = _Standardizer(X)
         self.mean_, self.scale_ = scaler.mean, scaler.scale
         net, self.history_, self.best_epoch_ = self._train(
