@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import log_loss
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from probes.core.metrics import auroc
 from probes.knn.search import BLOCK_MB, cosine_topk, normalize_rows
@@ -62,6 +62,7 @@ class KNNProbe(_BinaryProbe):
     def fit(self, X, y, X_val=None, y_val=None) -> KNNProbe:
         """Keep the training rows; choose k on ``(X_val, y_val)`` (else leave-one-out)."""
         X = validate_data(self, _to_host(X), dtype=[np.float32, np.float64])
+        check_consistent_length(X, y)
         self.Y_ = self._encode_labels(y)
         self.X_ = normalize_rows(X)
         if (X_val is None) != (y_val is None):
